@@ -1,0 +1,311 @@
+"""The experiment config: YAML, validated before any cluster work starts.
+
+Every error names the file, the line and the key (``search.space.num_instructions.high``), so a
+typo is caught on the laptop, not twenty minutes into a cluster run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from search import corpus
+
+DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message says which file, line and key."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a misspelt key silently falling back to a default is the worst bug.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StringRewriteConfig(_Strict):
+    """Parameters of the built-in string-rewrite corpus (see :mod:`search.corpus`)."""
+
+    alphabet: str = "abcdef"
+    input_length: int = Field(8, ge=1, le=200)
+    pattern_length: tuple[int, int] = (2, 4)
+    replacement_length: tuple[int, int] = (1, 2)
+    noop_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    domains: list[Literal["random", "repeated", "periodic", "mirrored"]] = list(corpus.DOMAINS)
+    rules_per_domain: int = Field(500, ge=1)
+    unseen_rules_per_domain: int = Field(50, ge=1)
+    examples_per_rule: int = Field(40, ge=1)
+    unseen_examples_per_rule: int = Field(10, ge=1)
+    seed: int = 0
+
+    @field_validator("alphabet")
+    @classmethod
+    def _alphabet(cls, v: str) -> str:
+        if len(v) < 2 or len(set(v)) != len(v) or not v.isalnum() or not v.isascii():
+            raise ValueError("must be at least 2 distinct ASCII letters or digits")
+        return v
+
+    @field_validator("pattern_length", "replacement_length")
+    @classmethod
+    def _length_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1]:
+            raise ValueError(f"must be [min, max] with 1 <= min <= max, got {list(v)}")
+        return v
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("must list at least one domain, each once")
+        return v
+
+    @model_validator(mode="after")
+    def _fits(self) -> "StringRewriteConfig":
+        if self.pattern_length[1] > self.input_length:
+            raise ValueError(
+                f"pattern_length max {self.pattern_length[1]} exceeds input_length {self.input_length}"
+            )
+        params = self.params()
+        wanted = self.rules_per_domain + self.unseen_rules_per_domain
+        for d in self.domains:
+            cap = corpus.domain_capacity(d, params)
+            if cap is not None and cap < wanted:
+                raise ValueError(
+                    f"domain {d!r} holds {cap} distinct rules with this alphabet and these "
+                    f"lengths; rules_per_domain + unseen_rules_per_domain = {wanted}"
+                )
+        return self
+
+    def params(self) -> corpus.StringRewriteParams:
+        return corpus.StringRewriteParams(
+            **{**self.model_dump(), "domains": tuple(self.domains)}
+        )
+
+
+class CorpusConfig(_Strict):
+    source: Literal["string_rewrite"] = "string_rewrite"
+    pool_dir: str = "./mixsearch_pools"
+    string_rewrite: StringRewriteConfig = StringRewriteConfig()
+
+
+class ModelConfig(_Strict):
+    """A GPT-2 causal LM built from a config (trained from scratch)."""
+
+    family: Literal["gpt2"] = "gpt2"
+    n_layer: int = Field(2, ge=1)
+    n_embd: int = Field(96, ge=8)
+    n_head: int = Field(4, ge=1)
+    max_length: int = Field(64, ge=8, description="longest sequence, prompt and answer")
+
+    @model_validator(mode="after")
+    def _heads(self) -> "ModelConfig":
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(10, ge=1, description="also the maximum fidelity of the scheduler")
+    batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(0.01, ge=0.0)
+    eval_examples: int = Field(1000, ge=1, description="unseen examples scored after each epoch")
+    cpus_per_trial: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+
+
+class Range(_Strict):
+    """A searched number: ``{low: 1e-3, high: 1e-2, log: true}``."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _order(self) -> "Range":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class Simplex(_Strict):
+    """Domain weights searched on the simplex over the listed domains."""
+
+    simplex: list[str] = Field(min_length=1)
+
+
+Number = Union[float, Range]
+
+
+class SpaceConfig(_Strict):
+    """What the search varies; a plain number fixes a knob, a range searches it."""
+
+    weights: Union[Simplex, dict[str, float]] = Simplex(simplex=list(corpus.DOMAINS))
+    num_instructions: Number = Range(low=8, high=2000, log=True)
+    budget: Number = 20000
+    learning_rate: Number = Range(low=1e-3, high=6e-3, log=True)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: Simplex | dict[str, float]) -> Simplex | dict[str, float]:
+        if isinstance(v, dict):
+            if not v or any(w < 0 for w in v.values()) or abs(sum(v.values()) - 1) > 1e-6:
+                raise ValueError(f"fixed weights must be >= 0 and sum to 1, got {v}")
+        elif len(set(v.simplex)) != len(v.simplex):
+            raise ValueError("simplex lists a domain twice")
+        return v
+
+    def weight_domains(self) -> list[str]:
+        return list(self.weights.simplex) if isinstance(self.weights, Simplex) else list(self.weights)
+
+
+class SearchConfig(_Strict):
+    num_samples: int = Field(12, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    grace_period: int = Field(2, ge=1, description="epochs before ASHA may stop a trial")
+    reduction_factor: float = Field(3, gt=1)
+    seed: int = 0
+    space: SpaceConfig = SpaceConfig()
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="an existing cluster; null starts a local one")
+    num_cpus: int | None = Field(None, ge=1, description="local cluster size; null = all cores")
+
+
+class Config(_Strict):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
+    storage_path: str = "./mixsearch_results"
+    seed: int = 0
+    corpus: CorpusConfig = CorpusConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    search: SearchConfig = SearchConfig()
+    ray: RayConfig = RayConfig()
+
+
+def _line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest YAML node on path that exists."""
+    line = None
+    for key in path:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == str(key)]
+            node, line = (match[0][1], match[0][0].start_mark.line + 1) if match else (None, line)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            node = None
+    return line
+
+
+def _where(source: str, root: yaml.Node | None, loc: tuple[Any, ...]) -> str:
+    # pydantic reports union branches as extra path items ("Simplex", "float"); drop them.
+    path = tuple(p for p in loc if isinstance(p, int) or not str(p)[:1].isupper() and p not in ("float", "int"))
+    line = _line_of(root, path)
+    at = f"{source}, line {line}" if line else source
+    key = ".".join(str(p) for p in path) or "(top level)"
+    return f"{at}, key {key}"
+
+
+def _format(err: ValidationError, source: str, root: yaml.Node | None) -> str:
+    seen, lines = set(), []
+    for e in err.errors():
+        where = _where(source, root, e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        if (where, msg) not in seen:
+            seen.add((where, msg))
+            lines.append(f"{where}: {msg}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def check_space_against_pool(cfg: Config, pool_rules: dict[str, int], source: str, root=None) -> None:
+    """Impossible searches: weights for domains the pool lacks, more instructions than it holds."""
+    space = cfg.search.space
+    key = ("search", "space", "weights") + (("simplex",) if isinstance(space.weights, Simplex) else ())
+    missing = [d for d in space.weight_domains() if d not in pool_rules]
+    if missing:
+        raise ConfigError(
+            f"{_where(source, root, key)}: domains {missing} are not in the pool "
+            f"(it has {sorted(pool_rules)})"
+        )
+    if isinstance(space.weights, dict):
+        usable = sum(pool_rules[d] for d, w in space.weights.items() if w > 0)
+    else:
+        usable = sum(pool_rules[d] for d in space.weight_domains())
+    n = space.num_instructions
+    most = n.high if isinstance(n, Range) else n
+    key = ("search", "space", "num_instructions") + (("high",) if isinstance(n, Range) else ())
+    if most > usable:
+        raise ConfigError(
+            f"{_where(source, root, key)}: up to {most:g} distinct instructions asked, "
+            f"but the weighted domains of the pool hold {usable}"
+        )
+    b = space.budget
+    least_budget = b.low if isinstance(b, Range) else b
+    if least_budget < most:
+        raise ConfigError(
+            f"{_where(source, root, ('search', 'space', 'budget'))}: a budget of {least_budget:g} "
+            f"examples cannot cover {most:g} distinct instructions (one example each at least)"
+        )
+
+
+def expected_pool_rules(cfg: Config) -> dict[str, int]:
+    """Training rules per domain that the configured source will put in the pool."""
+    sr = cfg.corpus.string_rewrite
+    return {d: sr.rules_per_domain for d in sr.domains}
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, validate and cross-check a config file (the built-in default when path is None).
+
+    ``overrides`` are values set from the command line, by dotted key (``search.num_samples``);
+    None leaves the file's value.
+    Raises :class:`ConfigError` naming the file, line and key of the first problems found.
+    """
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{source}: cannot read: {e}") from None
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f", line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}{at}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}, line 1: the config must be a mapping of keys, got {type(data).__name__}")
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            *parents, leaf = dotted.split(".")
+            node = data
+            for key in parents:
+                node = node.setdefault(key, {}) if isinstance(node.get(key, {}), dict) else {}
+            node[leaf] = value
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format(e, source, root)) from None
+    check_space_against_pool(cfg, expected_pool_rules(cfg), source, root)
+    return cfg
+
+
+def resolve(path: str) -> Path:
+    """A config path as an absolute path (Tune's storage_path must be absolute)."""
+    return Path(os.path.expanduser(path)).resolve()
