@@ -1,0 +1,184 @@
+"""Stage 3, mixture: what one trial trains on, and its materialization from the pool.
+
+A :class:`Mixture` is a typed value: domain weights on the simplex, a number of distinct
+instructions, a total example budget and a seed. :func:`materialize` turns it into rows,
+deterministically, reading with pyarrow only the partitions (and, within them, the row groups)
+of the rules it selects, so its cost grows with the mixture, not with the pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from search.pool import Manifest, read_split
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Domain weights (>= 0, summing to 1), distinct instructions, total examples, seed."""
+
+    weights: dict[str, float]
+    num_instructions: int
+    budget: int
+    seed: int = 0
+    _positive: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.weights or any(w < 0 or not math.isfinite(w) for w in self.weights.values()):
+            raise ValueError(f"weights must be finite and >= 0, got {self.weights}")
+        if abs(sum(self.weights.values()) - 1.0) > 1e-6:
+            raise ValueError(f"weights must sum to 1, got {sum(self.weights.values())}")
+        if self.num_instructions < 1:
+            raise ValueError(f"num_instructions must be >= 1, got {self.num_instructions}")
+        if self.budget < self.num_instructions:
+            raise ValueError(
+                f"budget ({self.budget}) must be at least num_instructions ({self.num_instructions})"
+            )
+        object.__setattr__(self, "_positive", tuple(d for d, w in self.weights.items() if w > 0))
+
+
+def apportion(total: int, weights: dict[str, float], lower: dict[str, int], upper: dict[str, int]) -> dict[str, int]:
+    """Integers summing to ``total``, proportional to weights, within [lower, upper] per key.
+
+    Keys whose proportional share falls outside their bounds are pinned to the bound and the rest
+    is shared again among the others (water-filling); rounding by largest remainder.
+    """
+    keys = list(weights)
+    if not sum(lower[k] for k in keys) <= total <= sum(upper[k] for k in keys):
+        raise ValueError(f"cannot apportion {total} within bounds {lower}..{upper}")
+    pinned: dict[str, int] = {}
+    free = list(keys)
+    while free:
+        rest = total - sum(pinned.values())
+        wsum = sum(weights[k] for k in free)
+        ideal = {k: rest * (weights[k] / wsum if wsum > 0 else 1 / len(free)) for k in free}
+        over = [k for k in free if ideal[k] > upper[k]]
+        under = [k for k in free if ideal[k] < lower[k]]
+        # Pin one side at a time: pinning the over-full raises everyone else's share, pinning the
+        # under-full lowers it, so neither step can push a free key across the other bound.
+        side, bound = (over, upper) if over else (under, lower)
+        if not side:
+            break
+        for k in side:
+            pinned[k] = bound[k]
+            free.remove(k)
+    else:
+        ideal = {}
+    out = dict(pinned)
+    out.update({k: math.floor(ideal[k]) for k in free})
+    left = total - sum(out.values())
+    for k in sorted(free, key=lambda k: (-(ideal[k] - math.floor(ideal[k])), keys.index(k)))[:left]:
+        out[k] += 1
+    # Pinning both sides in turn can leave a small residue when every key ends up pinned.
+    for k in keys:
+        while sum(out.values()) < total and out[k] < upper[k]:
+            out[k] += 1
+        while sum(out.values()) > total and out[k] > lower[k]:
+            out[k] -= 1
+    return {k: out[k] for k in keys}
+
+
+def _offset(seed: int, domain: str, n_rules: int) -> int:
+    digest = hashlib.sha256(f"mixture/{seed}/{domain}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % n_rules
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many instructions and examples each domain contributes."""
+
+    instructions: dict[str, int]
+    examples: dict[str, int]
+
+
+def plan(mixture: Mixture, manifest: Manifest) -> Plan:
+    """Apportion instructions and examples over the domains with positive weight."""
+    domains = list(mixture._positive)
+    missing = [d for d in domains if d not in manifest.train]
+    if missing:
+        raise ValueError(f"domains {missing} are not in the pool (it has {manifest.domains})")
+    weights = {d: mixture.weights[d] for d in domains}
+    rules = manifest.rules()
+    available = sum(rules[d] for d in domains)
+    if mixture.num_instructions > available:
+        raise ValueError(
+            f"{mixture.num_instructions} distinct instructions asked; the weighted domains hold {available}"
+        )
+    # A domain gets no more instructions than it holds; overflow goes to the other domains.
+    inst = apportion(mixture.num_instructions, weights, {d: 0 for d in domains}, {d: rules[d] for d in domains})
+    used = {d: w for d, w in weights.items() if inst[d] > 0}
+    # Every chosen instruction needs at least one example; a domain with instructions but no
+    # examples would make the distinct-instruction count a lie.
+    ex = apportion(mixture.budget, used, {d: inst[d] for d in used}, {d: mixture.budget for d in used})
+    return Plan(instructions={d: inst[d] for d in used}, examples=ex)
+
+
+def materialize(pool: Path, mixture: Mixture, manifest: Manifest | None = None) -> pa.Table:
+    """The training rows of a mixture: ``budget`` rows over exactly ``num_instructions`` rules.
+
+    Per domain, the rules are a contiguous run (modulo the domain's size) of rule ids starting at
+    a seed-derived offset; rule ids are in random order, so the run is a random subset, and
+    mixtures with more instructions contain those with fewer (same seed). Examples are spread
+    evenly over a domain's rules, cycling through a rule's examples if more are needed than the
+    pool holds. Rows come back shuffled by the seed.
+    """
+    manifest = manifest or Manifest.load(pool)
+    p = plan(mixture, manifest)
+    epr = manifest.examples_per_rule
+    parts = []
+    for domain, k in p.instructions.items():
+        n_rules = manifest.train[domain].instructions
+        start = _offset(mixture.seed, domain, n_rules)
+        end = start + k
+        per_rule, extra = divmod(p.examples[domain], k)
+        need = min(epr, per_rule + (extra > 0))
+        rid = pc.field("rule_idx")
+        in_run = (rid >= start) & (rid < end)
+        if end > n_rules:
+            in_run = in_run | (rid < end - n_rules)
+        table = read_split(pool, "train", domain, filter=in_run & (pc.field("example_idx") < need))
+        # Position of each rule within the run decides whether it gets the extra example.
+        rule_ids = table["rule_idx"].to_numpy()
+        counts = per_rule + ((rule_ids - start) % n_rules < extra)
+        take = []
+        # Rows are sorted by (rule_idx, example_idx): find each rule's block, then cycle within it.
+        bounds = _block_bounds(rule_ids)
+        for (lo, hi), c in zip(bounds, counts[[b[0] for b in bounds]]):
+            take.extend(lo + (j % (hi - lo)) for j in range(int(c)))
+        parts.append(table.take(pa.array(take, pa.int64())))
+    rows = pa.concat_tables(parts)
+    order = _permutation(rows.num_rows, mixture.seed)
+    return rows.take(pa.array(order, pa.int64()))
+
+
+def _block_bounds(sorted_ids) -> list[tuple[int, int]]:
+    bounds, lo = [], 0
+    for i in range(1, len(sorted_ids) + 1):
+        if i == len(sorted_ids) or sorted_ids[i] != sorted_ids[lo]:
+            bounds.append((lo, i))
+            lo = i
+    return bounds
+
+
+def _permutation(n: int, seed: int) -> list[int]:
+    import random
+
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def describe(rows: pa.Table) -> dict[str, dict[str, int]]:
+    """Per domain: rows and distinct instructions of a materialized mixture."""
+    out = {}
+    for domain in sorted(set(rows["domain"].to_pylist())):
+        sub = rows.filter(pc.equal(rows["domain"], domain))
+        out[domain] = {"rows": sub.num_rows, "instructions": len(set(sub["instruction"].to_pylist()))}
+    return out
+

@@ -1,0 +1,73 @@
+"""Prepare on real Ray Data: partitions, manifest, unseen split, hashes, atomic writes."""
+
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from search.config import load_config
+from search.pool import MANIFEST, Manifest, PoolError, prepare, read_split
+from tests.conftest import write_config
+
+
+def test_pool_is_partitioned_by_domain_with_a_matching_manifest(small_pool):
+    cfg, pool = small_pool
+    sr = cfg.corpus.string_rewrite
+    m = Manifest.load(pool)
+    assert sorted(os.listdir(pool / "train")) == sorted(f"domain={d}" for d in sr.domains)
+    assert m.params == sr.model_dump(mode="json")
+    for d in sr.domains:
+        files = list((pool / "train" / f"domain={d}").glob("*.parquet"))
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        assert m.train[d].rows == rows == sr.rules_per_domain * sr.examples_per_rule
+        assert m.train[d].instructions == sr.rules_per_domain
+        assert m.unseen[d].instructions == sr.unseen_rules_per_domain
+
+
+def test_unseen_split_is_disjoint_from_the_pool(small_pool):
+    _, pool = small_pool
+    train = set(read_split(pool, "train")["instruction"].to_pylist())
+    unseen = read_split(pool, "unseen")
+    assert unseen.num_rows > 0
+    assert not train & set(unseen["instruction"].to_pylist())
+
+
+def test_same_config_same_hash_and_reuse(small_pool, tmp_path):
+    cfg, pool = small_pool
+    m = Manifest.load(pool)
+    stamp = (pool / MANIFEST).stat().st_mtime_ns
+    assert prepare(cfg) == pool and (pool / MANIFEST).stat().st_mtime_ns == stamp  # reused, not rewritten
+    # The same config prepared elsewhere from scratch yields the same content.
+    again = prepare(load_config(write_config(tmp_path)))
+    assert again != pool
+    m2 = Manifest.load(again)
+    assert (m2.spec_hash, m2.content_hash) == (m.spec_hash, m.content_hash)
+    # A different seed is a different pool.
+    other = load_config(write_config(tmp_path, {"corpus": {"string_rewrite": {"seed": 7}}}, "other.yaml"))
+    assert prepare(other).name != pool.name
+
+
+def test_a_failed_prepare_leaves_no_pool(ray_cluster, tmp_path, monkeypatch):
+    from search import pool as pool_mod
+
+    cfg = load_config(write_config(tmp_path))
+
+    def broken(tables):
+        raise RuntimeError("disk full")
+
+    # Fail after the data is written but before the manifest: the worst moment.
+    monkeypatch.setattr(pool_mod, "_content_hash", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        prepare(cfg)
+    assert list((tmp_path / "pools").iterdir()) == []
+    monkeypatch.undo()
+    assert Manifest.load(prepare(cfg)).train  # and a later prepare builds it whole
+
+
+def test_manifest_is_json_and_a_non_pool_is_refused(small_pool, tmp_path):
+    _, pool = small_pool
+    raw = json.loads((pool / MANIFEST).read_text())
+    assert set(raw) >= {"source", "params", "spec_hash", "content_hash", "train", "unseen"}
+    with pytest.raises(PoolError, match="not a prepared pool"):
+        Manifest.load(tmp_path)
