@@ -1,0 +1,7 @@
+"""``python -m search`` is the ``mixsearch`` command."""
+
+import sys
+
+from search.cli import main
+
+sys.exit(main())

@@ -1,0 +1,76 @@
+"""The ``mixsearch`` command: one verb per stage.
+
+    mixsearch config              print the default config (copy it, edit it)
+    mixsearch prepare [CONFIG]    write (or reuse) the pool of a config
+    mixsearch run [CONFIG]        prepare if needed, search, write summary.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from search.config import DEFAULT_CONFIG, ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mixsearch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = p.add_subparsers(dest="verb", required=True)
+    verbs.add_parser("config", help="print the default config")
+
+    prep = verbs.add_parser("prepare", help="write (or reuse) the pool of a config")
+    prep.add_argument("config", nargs="?", help="YAML config (default: the built-in one)")
+    prep.add_argument("--force", action="store_true", help="rewrite the pool even if it exists")
+
+    run = verbs.add_parser("run", help="search mixtures; prepares the pool if needed")
+    run.add_argument("config", nargs="?", help="YAML config (default: the built-in one)")
+    run.add_argument("--name", help="experiment name (results in STORAGE_PATH/NAME)")
+    run.add_argument("--storage-path", help="where experiments are stored (a folder)")
+    run.add_argument("--num-samples", type=int, help="number of trials")
+    run.add_argument("--resume", action="store_true", help="finish an interrupted experiment")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return {"name": args.name, "storage_path": args.storage_path, "search.num_samples": args.num_samples}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.verb == "config":
+        sys.stdout.write(DEFAULT_CONFIG.read_text())
+        return 0
+    try:
+        if args.verb == "prepare":
+            cfg = load_config(args.config)
+            from search.driver import init_ray
+            from search.pool import Manifest, prepare
+
+            init_ray(cfg)
+            pool = prepare(cfg, force=args.force)
+            m = Manifest.load(pool)
+            print(f"pool: {pool}")
+            for d, s in m.train.items():
+                print(f"  {d:<10} {s.rows:>8} rows {s.instructions:>6} instructions  (unseen: {m.unseen[d].instructions})")
+            return 0
+        cfg = load_config(args.config, _overrides(args))
+        from search.driver import run_search
+
+        summary = run_search(cfg, resume=args.resume, source=args.config or str(DEFAULT_CONFIG))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    best = summary.best
+    print(f"\n{summary.num_trials} trials in {summary.wall_seconds:.0f}s")
+    if best:
+        print(f"best trial {best['trial_id']}: unseen_accuracy {best['unseen_accuracy']:.3f}")
+        for k, v in best["config"].items():
+            print(f"  {k}: {v}")
+    print(f"results: {summary.experiment_path}/summary.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Stage 5, experiment: Ray Tune + Optuna (TPE) + ASHA over mixtures, and its summary.
+
+``run_search`` is the whole experiment: validate, start (or join) Ray, prepare the pool, search,
+write ``<storage_path>/<name>/summary.json``. The Optuna study is stored beside the experiment
+(``optuna.journal``), so the history survives the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from search.config import Config, ConfigError, check_space_against_pool, resolve
+
+log = logging.getLogger(__name__)
+
+METRIC = "unseen_accuracy"
+SUMMARY = "summary.json"
+STUDY = "optuna.journal"
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    trial_id: str
+    status: str  # COMPLETED (all epochs), EARLY_STOPPED (by ASHA), ERROR, or RUNNING/PENDING
+    config: dict[str, Any]
+    unseen_accuracy: float | None  # the last reported value
+    training_iteration: int
+    per_domain: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    name: str
+    best: dict[str, Any] | None  # config, unseen_accuracy, trial_id, per_domain, checkpoint
+    trials: list[TrialSummary]
+    num_trials: int
+    wall_seconds: float
+    experiment_path: str
+    pool: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False, default=str)
+
+
+def experiment_dir(cfg: Config) -> Path:
+    return resolve(cfg.storage_path) / cfg.name
+
+
+def init_ray(cfg: Config) -> None:
+    """Join the configured cluster, or start a local one on this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+
+
+def _public(config: dict) -> dict:
+    # The fixed setup (pool path, model, training) is the same for every trial; keep it out.
+    return {k: v for k, v in config.items() if k not in ("setup", "simplex_u")}
+
+
+def _status(result, epochs: int) -> str:
+    it = int((result.metrics or {}).get("training_iteration", 0))
+    if result.error is not None:
+        return "ERROR"
+    if it >= epochs:
+        return "COMPLETED"
+    return "EARLY_STOPPED" if it > 0 else "PENDING"
+
+
+def summarize(results, cfg: Config, pool: Path, wall_seconds: float) -> Summary:
+    """Condense a ResultGrid into the summary users read and notebooks load."""
+    pairs = []
+    for r in results:
+        m = r.metrics or {}
+        acc = m.get(METRIC)
+        trial = TrialSummary(
+            trial_id=str(m.get("trial_id") or Path(r.path).name),
+            status=_status(r, cfg.training.epochs),
+            config=_public(r.config or {}),
+            unseen_accuracy=None if acc is None or math.isnan(acc) else float(acc),
+            training_iteration=int(m.get("training_iteration", 0)),
+            per_domain={k.split("/", 1)[1]: v for k, v in m.items() if k.startswith(METRIC + "/")},
+            error=None if r.error is None else f"{type(r.error).__name__}: {r.error}"[:2000],
+        )
+        pairs.append((trial, r))
+    pairs.sort(key=lambda p: p[0].trial_id)
+    best = None
+    ranked = [p for p in pairs if p[0].unseen_accuracy is not None]
+    if ranked:
+        top, result = max(ranked, key=lambda p: p[0].unseen_accuracy)
+        best = {
+            "trial_id": top.trial_id,
+            "unseen_accuracy": top.unseen_accuracy,
+            "config": top.config,
+            "per_domain": top.per_domain,
+            "training_iteration": top.training_iteration,
+            "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        }
+    return Summary(
+        name=cfg.name,
+        best=best,
+        trials=[t for t, _ in pairs],
+        num_trials=len(pairs),
+        wall_seconds=round(wall_seconds, 1),
+        experiment_path=str(experiment_dir(cfg)),
+        pool=str(pool),
+    )
+
+
+def trial_name(trial) -> str:
+    """Short trial names and folders: the config is in the summary, not in every path."""
+    return f"trial_{trial.trial_id}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> Summary:
+    """Run (or, with resume, finish) the experiment of this config; return its summary."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+    import optuna
+
+    from search.pool import Manifest, prepare
+    from search.space import DefineByRun
+    from trainables.train import trainable
+
+    exp = experiment_dir(cfg)
+    # Refuse before touching Ray: never overwrite an experiment, never resume a missing one.
+    if resume and not (exp / "tuner.pkl").exists():
+        raise ConfigError(f"{exp}: no experiment to resume (run without --resume to start it)")
+    if not resume and exp.exists() and any(exp.iterdir()):
+        raise ConfigError(f"{exp}: an experiment of this name exists; pass --resume to finish it, or --name NEW")
+
+    started = time.time()
+    init_ray(cfg)
+    pool = prepare(cfg)
+    check_space_against_pool(cfg, Manifest.load(pool).rules(), source)
+
+    resources = {"cpu": cfg.training.cpus_per_trial}
+    fn = tune.with_resources(trainable, resources)
+    if resume:
+        tuner = tune.Tuner.restore(str(exp), trainable=fn, resume_errored=True)
+    else:
+        exp.mkdir(parents=True, exist_ok=True)
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp / STUDY)))
+        sampler = optuna.samplers.TPESampler(
+            seed=cfg.search.seed, n_startup_trials=max(1, min(10, cfg.search.num_samples // 2))
+        )
+        searcher = OptunaSearch(
+            DefineByRun(cfg.search.space), metric=METRIC, mode="max",
+            sampler=sampler, study_name=cfg.name, storage=storage,
+        )
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration", metric=METRIC, mode="max", max_t=cfg.training.epochs,
+            grace_period=min(cfg.search.grace_period, cfg.training.epochs),
+            reduction_factor=cfg.search.reduction_factor,
+        )
+        setup = {
+            "pool": str(pool),
+            "seed": cfg.seed,
+            "model": cfg.model.model_dump(),
+            "training": cfg.training.model_dump(),
+        }
+        tuner = tune.Tuner(
+            fn,
+            param_space={"setup": setup},
+            tune_config=tune.TuneConfig(
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.search.max_concurrent),
+                scheduler=scheduler,
+                num_samples=cfg.search.num_samples,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
+            ),
+            run_config=tune.RunConfig(
+                name=cfg.name,
+                storage_path=str(exp.parent),
+                # Two, not one: with one, Tune snapshots the whole experiment after every checkpoint.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                failure_config=tune.FailureConfig(max_failures=2),
+                verbose=1,
+            ),
+        )
+    results = tuner.fit()
+    summary = summarize(results, cfg, pool, time.time() - started)
+    _write_atomic(exp / SUMMARY, summary.to_json())
+    return summary
