@@ -109,7 +109,7 @@ class ModelConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    epochs: int = Field(10, ge=1, description="also the maximum fidelity of the scheduler")
+    epochs: int = Field(8, ge=1, description="also the maximum fidelity of the scheduler")
     batch_size: int = Field(64, ge=1)
     weight_decay: float = Field(0.01, ge=0.0)
     eval_examples: int = Field(1000, ge=1, description="unseen examples scored after each epoch")
