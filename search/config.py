@@ -92,29 +92,84 @@ class CorpusConfig(_Strict):
     string_rewrite: StringRewriteConfig = StringRewriteConfig()
 
 
-class ModelConfig(_Strict):
-    """A GPT-2 causal LM built from a config (trained from scratch)."""
+class TinyModel(_Strict):
+    """A GPT-2 built from a config and trained from scratch, with a character tokenizer."""
 
     family: Literal["gpt2"] = "gpt2"
     n_layer: int = Field(2, ge=1)
     n_embd: int = Field(96, ge=8)
     n_head: int = Field(4, ge=1)
-    max_length: int = Field(64, ge=8, description="longest sequence, prompt and answer")
 
     @model_validator(mode="after")
-    def _heads(self) -> "ModelConfig":
+    def _heads(self) -> "TinyModel":
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         return self
 
 
+class LoraConfig(_Strict):
+    """Low-rank adapters (peft); the base model stays frozen."""
+
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+
+
+class ModelConfig(_Strict):
+    """Either ``tiny`` (built from a config) or ``pretrained`` (a local directory or a hub id)."""
+
+    tiny: TinyModel | None = None
+    pretrained: str | None = Field(None, description="a local directory or a hub id")
+    trust_remote_code: bool = False  # off unless asked: it runs code shipped with the model
+    max_length: int = Field(64, ge=8, description="longest sequence, prompt and answer")
+    lora: LoraConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelConfig":
+        if self.tiny is not None and self.pretrained is not None:
+            raise ValueError("give either tiny or pretrained, not both")
+        if self.tiny is None and self.pretrained is None:
+            object.__setattr__(self, "tiny", TinyModel())
+        return self
+
+    @field_validator("pretrained")
+    @classmethod
+    def _source(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        path = Path(os.path.expanduser(v))
+        looks_local = v.startswith((".", "/", "~")) or path.exists()
+        if looks_local:
+            if not (path / "config.json").is_file():
+                raise ValueError(f"{v}: not a model directory (no config.json); save one with save_pretrained")
+            return str(path.resolve())
+        return v
+
+
 class TrainingConfig(_Strict):
     epochs: int = Field(8, ge=1, description="also the maximum fidelity of the scheduler")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="rows per optimizer step, across accumulation")
+    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     weight_decay: float = Field(0.01, ge=0.0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs that support it
+    metric: Literal["exact_match", "normalized_exact_match", "rouge_l"] = "exact_match"
     eval_examples: int = Field(1000, ge=1, description="unseen examples scored after each epoch")
-    cpus_per_trial: float = Field(1.0, gt=0)
+    eval_batch_size: int = Field(256, ge=1)
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+
+    @model_validator(mode="after")
+    def _accum(self) -> "TrainingConfig":
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum_steps ({self.grad_accum_steps})")
+        return self
+
+
+class Resources(_Strict):
+    """What one trial asks of Ray; fractions share a device between trials."""
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
 
 
 class Range(_Strict):
@@ -185,6 +240,7 @@ class Config(_Strict):
     corpus: CorpusConfig = CorpusConfig()
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
+    resources_per_trial: Resources = Resources()
     search: SearchConfig = SearchConfig()
     ray: RayConfig = RayConfig()
 

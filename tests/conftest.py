@@ -24,7 +24,7 @@ SMALL = {
             "unseen_examples_per_rule": 4,
         }
     },
-    "model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "max_length": 32},
+    "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}, "max_length": 32},
     "training": {"epochs": 2, "batch_size": 64, "eval_examples": 60},
     "search": {
         "num_samples": 3,
@@ -73,3 +73,14 @@ def small_pool(ray_cluster, tmp_path_factory):
 
     cfg = load_config(write_config(tmp_path_factory.mktemp("pool")))
     return cfg, prepare(cfg)
+
+
+@pytest.fixture(scope="session")
+def pretrained_dir(tmp_path_factory):
+    """A tiny GPT-2 and its tokenizer saved with save_pretrained: a 'pretrained' model on disk."""
+    from trainables.model import build_model, char_tokenizer, save
+
+    path = tmp_path_factory.mktemp("pretrained") / "tiny-gpt2"
+    tok = char_tokenizer()
+    save(build_model({"n_layer": 1, "n_embd": 32, "n_head": 2}, 32, tok), tok, path)
+    return path

@@ -35,7 +35,7 @@ def test_wrong_type(tmp_path):
     "extra, key, words",
     [
         ({"corpus": {"string_rewrite": {"noop_fraction": 1.5}}}, "corpus.string_rewrite.noop_fraction", "less than or equal to 1"),
-        ({"model": {"n_embd": 30, "n_head": 4}}, "model", "divisible"),
+        ({"model": {"tiny": {"n_embd": 30, "n_head": 4}}}, "model.tiny", "divisible"),
         ({"search": {"space": {"learning_rate": {"low": 0.1, "high": 0.01}}}}, "search.space.learning_rate", "below high"),
         ({"search": {"space": {"weights": {"random": 0.5, "mirrored": 0.6}}}}, "search.space.weights", "sum to 1"),
         ({"corpus": {"string_rewrite": {"rules_per_domain": 5000}}}, "corpus.string_rewrite", "distinct rules"),

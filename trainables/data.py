@@ -22,6 +22,7 @@ class Encoded:
     ids: list[torch.Tensor]
     labels: list[torch.Tensor]
     domains: list[str]
+    answers: list[str]  # the reference outputs, for metrics on generated text
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -34,15 +35,17 @@ def encode(rows: pa.Table, tokenizer, max_length: int) -> Encoded:
     prompts = [PROMPT.format(instruction=i, input=x) for i, x in zip(instructions, inputs)]
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     a_ids = tokenizer(rows["output"].to_pylist(), add_special_tokens=False)["input_ids"]
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    # Tokenizers without a BOS token (many pretrained ones) start at the prompt.
+    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    eos = tokenizer.eos_token_id
     ids, labels = [], []
     for p, a in zip(p_ids, a_ids):
-        seq = [bos, *p, *a, eos]
+        seq = [*bos, *p, *a, eos]
         if len(seq) > max_length:
             raise ValueError(f"a row of {len(seq)} tokens exceeds model.max_length={max_length}")
         ids.append(torch.tensor(seq))
-        labels.append(torch.tensor([IGNORE] * (1 + len(p)) + [*a, eos]))
-    return Encoded(ids, labels, rows["domain"].to_pylist())
+        labels.append(torch.tensor([IGNORE] * (len(bos) + len(p)) + [*a, eos]))
+    return Encoded(ids, labels, rows["domain"].to_pylist(), rows["output"].to_pylist())
 
 
 def batch(data: Encoded, index: list[int] | torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,8 +61,9 @@ def batch(data: Encoded, index: list[int] | torch.Tensor, pad_id: int) -> tuple[
     return ids, labels
 
 
-def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over answer positions."""
+def token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy over answer positions (mean, or sum for accumulation)."""
     return torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=IGNORE
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE, reduction=reduction,
     )

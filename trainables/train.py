@@ -1,35 +1,41 @@
 """Stage 4, trial: fine-tune on one mixture, score unseen tasks after each epoch, report to Tune.
 
-The trial config has the searched values at the top level (``weights``, ``num_instructions``,
-``budget``, ``learning_rate``) and everything fixed for the experiment under ``setup``::
+A trial's config has the searched values (``weights``, ``num_instructions``, ``budget``,
+``learning_rate``); everything fixed for the experiment comes as ``setup``::
 
-    setup: {pool: <dir>, seed: 0, model: {...ModelConfig}, training: {...TrainingConfig}}
+    setup: {pool: <dir>, seed: 0, model: {...}, training: {...}, resources: {cpu: 1, gpu: 0}}
+
+``run_epochs`` takes both in one dict (``config["setup"]``), which is handy in tests and scripts.
 
 Read top to bottom: build data, build model, (resume), train epochs, evaluate, checkpoint.
-Training is deterministic for a config (no dropout, per-epoch shuffles seeded by epoch), so a
-trial restored from its checkpoint continues on the trajectory it would have had.
+Training is deterministic for a config (per-epoch shuffles seeded by epoch, RNG state in the
+checkpoint), so a trial restored from its checkpoint continues on the trajectory it would have had.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import random
 import tempfile
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pyarrow as pa
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 
 from search.mixture import Mixture, materialize
 from search.pool import Manifest, read_split
-from trainables.data import batch, encode, token_loss
-from trainables.evaluate import exact_match
-from trainables.model import build_model, char_tokenizer
+from trainables.data import IGNORE, Encoded, batch, encode, token_loss
+from trainables.evaluate import evaluate
+from trainables.model import load
+
+log = logging.getLogger(__name__)
 
 STATE = "state.pt"
 WEIGHTS = "model.safetensors"
@@ -58,80 +64,157 @@ def mixture_of(config: dict) -> Mixture:
     )
 
 
+def device_for(resources: dict) -> torch.device:
+    """The GPU Ray assigned (it sets CUDA_VISIBLE_DEVICES, so it is cuda:0), else the CPU."""
+    if resources.get("gpu", 0) > 0:
+        if not torch.cuda.is_available():
+            raise RuntimeError("resources_per_trial.gpu > 0 but torch sees no CUDA device in this trial")
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def autocast_for(precision: str, device: torch.device):
+    """bf16 autocast on GPUs that support it ('auto'), or when asked; fp32 otherwise."""
+    bf16 = precision == "bf16" or (
+        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16) if bf16 else nullcontext
+
+
+def train_epoch(model, optimizer, scheduler, data: Encoded, order: torch.Tensor, *, batch_size: int,
+                accum: int, pad_id: int, device: torch.device, autocast=nullcontext) -> tuple[float, int, int]:
+    """One pass over data in the given order: (summed answer-token loss, answer tokens, all tokens).
+
+    Each optimizer step sees ``batch_size`` rows in ``accum`` micro-batches; the loss is summed
+    and divided by the step's answer tokens, so accumulation gives the same gradient as one batch.
+    """
+    loss_sum, answer_tokens, all_tokens = 0.0, 0, 0
+    micro = batch_size // accum
+    for s in range(0, len(data), batch_size):
+        step = order[s : s + batch_size]
+        parts = [batch(data, step[m : m + micro], pad_id) for m in range(0, len(step), micro)]
+        n_step = sum(int((labels[:, 1:] != IGNORE).sum()) for _, labels in parts)
+        for ids, labels in parts:
+            ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with autocast():
+                logits = model(input_ids=ids).logits
+            loss = token_loss(logits, labels, reduction="sum")
+            (loss / n_step).backward()
+            loss_sum += loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        answer_tokens += n_step
+        all_tokens += sum(len(data.ids[i]) for i in step.tolist())  # real tokens, not padding
+    return loss_sum, answer_tokens, all_tokens
+
+
+def _trained_state(model) -> dict[str, torch.Tensor]:
+    """The parameters being trained: everything in full fine-tuning, the adapters with LoRA.
+
+    ``named_parameters`` lists tied parameters (GPT-2's embedding and head) once.
+    """
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
 def _save(path: Path, model, optimizer, scheduler, epoch: int, examples_seen: int) -> None:
-    save_model(model, str(path / WEIGHTS))  # handles GPT-2's tied embedding/head weights
+    save_file(_trained_state(model), str(path / WEIGHTS))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(
         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-         "epoch": epoch, "examples_seen": examples_seen},
+         "epoch": epoch, "examples_seen": examples_seen, "rng": rng},
         path / STATE,
     )
+
+
+def _restore(path: Path, model, optimizer, scheduler) -> tuple[int, int]:
+    weights = load_file(str(path / WEIGHTS))
+    _, unexpected = model.load_state_dict(weights, strict=False)
+    absent = {n for n, p in model.named_parameters() if p.requires_grad} - set(weights)
+    if unexpected or absent:
+        raise RuntimeError(f"{path}: checkpoint does not match the model ({sorted(unexpected or absent)[:3]})")
+    state = torch.load(path / STATE, weights_only=True)  # plain tensors and numbers, no pickled code
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["epoch"], state["examples_seen"]
 
 
 def run_epochs(config: dict, resume_from: Path | None = None) -> Iterator[tuple[dict, Callable[[Path], None]]]:
     """Train epoch by epoch; yield each epoch's metrics and a function that saves a checkpoint."""
     setup, tcfg = config["setup"], config["setup"]["training"]
-    torch.set_num_threads(max(1, int(tcfg["cpus_per_trial"])))
+    resources = setup.get("resources", {"cpu": 1, "gpu": 0})
+    torch.set_num_threads(max(1, int(resources["cpu"])))
     torch.manual_seed(_seed("init", setup["seed"]))
+    device = device_for(resources)
+    autocast = autocast_for(tcfg["precision"], device)
     pool = Path(setup["pool"])
     manifest = Manifest.load(pool)
-    tokenizer = char_tokenizer()
-    pad = tokenizer.pad_token_id
     max_length = setup["model"]["max_length"]
+
+    # Model and tokenizer: tiny from a config, or pretrained (optionally with LoRA adapters).
+    model, tokenizer = load(setup["model"])
+    model.to(device)
+    pad = tokenizer.pad_token_id
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    log.info("trial runs on %s (%s), autocast %s", device, where, autocast is not nullcontext)
 
     # Data: the mixture's rows and the experiment's fixed unseen items, tokenized once.
     train = encode(materialize(pool, mixture_of(config), manifest), tokenizer, max_length)
     unseen = encode(eval_rows(pool, tcfg["eval_examples"], setup["seed"]), tokenizer, max_length)
 
-    # Model and optimizer: AdamW with a one-cycle schedule over the whole run.
-    model = build_model(setup["model"], tokenizer)
+    # Optimizer: AdamW on the trained parameters, one-cycle schedule over the whole run.
     lr, bs, epochs = config["learning_rate"], tcfg["batch_size"], tcfg["epochs"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=tcfg["weight_decay"])
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=tcfg["weight_decay"])
     steps_per_epoch = math.ceil(len(train) / bs)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
 
     start, examples_seen = 0, 0
     if resume_from is not None:
-        load_model(model, str(resume_from / WEIGHTS))
-        state = torch.load(resume_from / STATE, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, examples_seen = state["epoch"], state["examples_seen"]
+        start, examples_seen = _restore(resume_from, model, optimizer, scheduler)
 
     model.train()
     for epoch in range(start, epochs):
         began = time.perf_counter()
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(_seed("epoch", setup["seed"], epoch)))
-        loss_sum, tokens = 0.0, 0
-        for s in range(0, len(train), bs):
-            ids, labels = batch(train, order[s : s + bs], pad)
-            loss = token_loss(model(input_ids=ids).logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            n = int((labels[:, 1:] != -100).sum())
-            loss_sum += loss.item() * n
-            tokens += n
+        loss_sum, answer_tokens, all_tokens = train_epoch(
+            model, optimizer, scheduler, train, order, batch_size=bs, accum=tcfg["grad_accum_steps"],
+            pad_id=pad, device=device, autocast=autocast,
+        )
+        seconds = time.perf_counter() - began
         examples_seen += len(train)
-        scores = exact_match(model, unseen, pad)
+        scores = evaluate(model, tokenizer, unseen, metric=tcfg["metric"], max_length=max_length,
+                          batch_size=tcfg["eval_batch_size"], device=device, autocast=autocast)
         # Order matters for the eye: Tune's live table shows the first few metrics.
         metrics = {
             "unseen_accuracy": scores.pop("unseen_accuracy"),
-            "train_loss": loss_sum / tokens,
+            "train_loss": loss_sum / answer_tokens,
             "epoch": epoch + 1,
             "examples_seen": examples_seen,
-            "epoch_seconds": time.perf_counter() - began,
+            "epoch_seconds": seconds,
+            "tokens_per_second": all_tokens / seconds,
+            "device": str(device),
             **scores,
         }
         yield metrics, partial(_save, model=model, optimizer=optimizer, scheduler=scheduler,
                                epoch=epoch + 1, examples_seen=examples_seen)
 
 
-def trainable(config: dict) -> None:
-    """The Tune function trainable: resumes from Tune's checkpoint, reports every epoch."""
+def trainable(config: dict, setup: dict) -> None:
+    """The Tune function trainable: resumes from Tune's checkpoint, reports every epoch.
+
+    ``config`` holds the searched values; ``setup``, the same for every trial, comes through
+    ``tune.with_parameters`` so it stays out of trial names, tables and the searcher's view.
+    """
     from ray import tune
 
+    config = {**config, "setup": setup}
     every = config["setup"]["training"]["checkpoint_every"]
     epochs = config["setup"]["training"]["epochs"]
     checkpoint = tune.get_checkpoint()
@@ -147,4 +230,3 @@ def trainable(config: dict) -> None:
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(out))
             else:
                 tune.report(metrics)
-
