@@ -66,9 +66,25 @@ def init_ray(cfg: Config) -> None:
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
 
 
+def _check_resources(cfg: Config) -> None:
+    """A trial that asks for more than a fixed (local) cluster has would wait forever: refuse."""
+    import ray
+
+    if cfg.ray.address:  # a cluster that autoscales may add the resources later
+        return
+    have = ray.cluster_resources()
+    asked = cfg.resources_per_trial
+    for key, name in (("cpu", "CPU"), ("gpu", "GPU")):
+        if getattr(asked, key) > have.get(name, 0):
+            raise ConfigError(
+                f"resources_per_trial.{key} = {getattr(asked, key):g}, but the local Ray cluster has "
+                f"{have.get(name, 0):g} {name}s"
+            )
+
+
 def _public(config: dict) -> dict:
-    # The fixed setup (pool path, model, training) is the same for every trial; keep it out.
-    return {k: v for k, v in config.items() if k not in ("setup", "simplex_u")}
+    # simplex_u are Optuna's raw draws; the normalized weights are what the trial trained on.
+    return {k: v for k, v in config.items() if k != "simplex_u"}
 
 
 def _status(result, epochs: int) -> str:
@@ -152,11 +168,18 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
 
     started = time.time()
     init_ray(cfg)
+    _check_resources(cfg)
     pool = prepare(cfg)
     check_space_against_pool(cfg, Manifest.load(pool).rules(), source)
 
-    resources = {"cpu": cfg.training.cpus_per_trial}
-    fn = tune.with_resources(trainable, resources)
+    setup = {
+        "pool": str(pool),
+        "seed": cfg.seed,
+        "model": cfg.model.model_dump(),
+        "training": cfg.training.model_dump(),
+        "resources": cfg.resources_per_trial.model_dump(),
+    }
+    fn = tune.with_resources(tune.with_parameters(trainable, setup=setup), cfg.resources_per_trial.model_dump())
     if resume:
         tuner = tune.Tuner.restore(str(exp), trainable=fn, resume_errored=True)
     else:
@@ -174,15 +197,8 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
             grace_period=min(cfg.search.grace_period, cfg.training.epochs),
             reduction_factor=cfg.search.reduction_factor,
         )
-        setup = {
-            "pool": str(pool),
-            "seed": cfg.seed,
-            "model": cfg.model.model_dump(),
-            "training": cfg.training.model_dump(),
-        }
         tuner = tune.Tuner(
             fn,
-            param_space={"setup": setup},
             tune_config=tune.TuneConfig(
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.search.max_concurrent),
                 scheduler=scheduler,

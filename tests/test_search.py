@@ -62,6 +62,27 @@ def test_three_trial_search_end_to_end(tmp_path, capsys):
     assert (exp / "summary.json").read_text() == before
 
 
+@pytest.mark.slow
+def test_search_with_a_local_pretrained_model_and_lora(tmp_path, pretrained_dir):
+    path = write_config(tmp_path, {
+        "model": {"tiny": None, "pretrained": str(pretrained_dir),
+                  "lora": {"rank": 4, "alpha": 8, "target_modules": ["c_attn", "c_proj"]}},
+        "search": {"num_samples": 2},
+    })
+    assert main(["run", str(path)]) == 0
+    summary = load(tmp_path / "results" / "t" / "summary.json")
+    assert summary["num_trials"] == 2
+    assert all(t["status"] in ("COMPLETED", "EARLY_STOPPED") for t in summary["trials"]), summary["trials"]
+    assert summary["best"]["checkpoint"]
+
+
+def test_a_gpu_trial_on_a_cluster_without_gpus_is_refused(tmp_path, capsys):
+    path = write_config(tmp_path, {"resources_per_trial": {"gpu": 0.5}})
+    assert main(["run", str(path)]) == 2
+    assert "resources_per_trial.gpu = 0.5, but the local Ray cluster has 0 GPUs" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
 def test_resume_without_an_experiment_is_refused(tmp_path, capsys):
     assert main(["run", str(write_config(tmp_path)), "--resume"]) == 2
     assert "no experiment to resume" in capsys.readouterr().err
