@@ -224,6 +224,7 @@ class SearchConfig(_Strict):
     max_concurrent: int = Field(2, ge=1)
     grace_period: int = Field(2, ge=1, description="epochs before ASHA may stop a trial")
     reduction_factor: float = Field(3, gt=1)
+    max_failures: int = Field(2, ge=0, description="retries of a trial that raises, from its last checkpoint")
     seed: int = 0
     space: SpaceConfig = SpaceConfig()
 

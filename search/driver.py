@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,12 @@ STUDY = "optuna.journal"
 @dataclass(frozen=True)
 class TrialSummary:
     trial_id: str
-    status: str  # COMPLETED (all epochs), EARLY_STOPPED (by ASHA), ERROR, or RUNNING/PENDING
+    status: str  # COMPLETED, EARLY_STOPPED (by ASHA), STOPPED (NaN loss, out of memory), ERROR, PENDING
     config: dict[str, Any]
     unseen_accuracy: float | None  # the last reported value
     training_iteration: int
     per_domain: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
+    reason: str | None = None  # why a trial is STOPPED or ERROR
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Summary:
     best: dict[str, Any] | None  # config, unseen_accuracy, trial_id, per_domain, checkpoint
     trials: list[TrialSummary]
     num_trials: int
+    counts: dict[str, int]  # trials per status
     wall_seconds: float
     experiment_path: str
     pool: str
@@ -88,12 +90,22 @@ def _public(config: dict) -> dict:
 
 
 def _status(result, epochs: int) -> str:
-    it = int((result.metrics or {}).get("training_iteration", 0))
+    m = result.metrics or {}
+    it = int(m.get("epoch", 0))
     if result.error is not None:
         return "ERROR"
+    if m.get("stopped"):
+        return "STOPPED"
     if it >= epochs:
         return "COMPLETED"
     return "EARLY_STOPPED" if it > 0 else "PENDING"
+
+
+def _reason(error: BaseException) -> str:
+    # Ray wraps a trial's exception (RayTaskError); the user wants the exception itself.
+    cause = getattr(error, "cause", None)
+    error = cause if isinstance(cause, BaseException) else error
+    return f"{type(error).__name__}: {error}"[:2000]
 
 
 def summarize(results, cfg: Config, pool: Path, wall_seconds: float) -> Summary:
@@ -109,12 +121,12 @@ def summarize(results, cfg: Config, pool: Path, wall_seconds: float) -> Summary:
             unseen_accuracy=None if acc is None or math.isnan(acc) else float(acc),
             training_iteration=int(m.get("training_iteration", 0)),
             per_domain={k.split("/", 1)[1]: v for k, v in m.items() if k.startswith(METRIC + "/")},
-            error=None if r.error is None else f"{type(r.error).__name__}: {r.error}"[:2000],
+            reason=m.get("reason") if r.error is None else _reason(r.error),
         )
         pairs.append((trial, r))
     pairs.sort(key=lambda p: p[0].trial_id)
     best = None
-    ranked = [p for p in pairs if p[0].unseen_accuracy is not None]
+    ranked = [p for p in pairs if p[0].unseen_accuracy is not None and p[0].status not in ("STOPPED", "ERROR")]
     if ranked:
         top, result = max(ranked, key=lambda p: p[0].unseen_accuracy)
         best = {
@@ -130,6 +142,7 @@ def summarize(results, cfg: Config, pool: Path, wall_seconds: float) -> Summary:
         best=best,
         trials=[t for t, _ in pairs],
         num_trials=len(pairs),
+        counts=dict(sorted(Counter(t.status for t, _ in pairs).items())),
         wall_seconds=round(wall_seconds, 1),
         experiment_path=str(experiment_dir(cfg)),
         pool=str(pool),
@@ -211,7 +224,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
                 storage_path=str(exp.parent),
                 # Two, not one: with one, Tune snapshots the whole experiment after every checkpoint.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                failure_config=tune.FailureConfig(max_failures=2),
+                failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
                 verbose=1,
             ),
         )

@@ -83,6 +83,22 @@ def test_a_gpu_trial_on_a_cluster_without_gpus_is_refused(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
+def test_faults_inside_trials_are_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
+    # Three trials each get one fault after their first epoch; the others run normally.
+    monkeypatch.setenv("MIXSEARCH_FAULTS", "raise,nan,oom")
+    monkeypatch.setenv("MIXSEARCH_FAULT_DIR", str(tmp_path))
+    path = write_config(tmp_path, {"training": {"epochs": 3},
+                                   "search": {"num_samples": 5, "grace_period": 3, "max_failures": 0}})
+    assert main(["run", str(path)]) == 0
+    summary = load(tmp_path / "results" / "t" / "summary.json")
+    assert summary["counts"] == {"COMPLETED": 2, "ERROR": 1, "STOPPED": 2}, summary["trials"]
+    reasons = sorted((t["status"], t["reason"].split(":")[0]) for t in summary["trials"] if t["reason"])
+    assert reasons == [("ERROR", "RuntimeError"), ("STOPPED", "FloatingPointError"), ("STOPPED", "OutOfMemoryError")]
+    assert "injected fault" in next(t["reason"] for t in summary["trials"] if t["status"] == "ERROR")
+    assert summary["best"]["trial_id"] in {t["trial_id"] for t in summary["trials"] if t["status"] == "COMPLETED"}
+
+
 def test_resume_without_an_experiment_is_refused(tmp_path, capsys):
     assert main(["run", str(write_config(tmp_path)), "--resume"]) == 2
     assert "no experiment to resume" in capsys.readouterr().err

@@ -33,6 +33,7 @@ from search.mixture import Mixture, materialize
 from search.pool import Manifest, read_split
 from trainables.data import IGNORE, Encoded, batch, encode, token_loss
 from trainables.evaluate import evaluate
+from trainables.faults import maybe_inject
 from trainables.model import load
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,11 @@ def train_epoch(model, optimizer, scheduler, data: Encoded, order: torch.Tensor,
             with autocast():
                 logits = model(input_ids=ids).logits
             loss = token_loss(logits, labels, reduction="sum")
+            value = loss.item()
+            if not math.isfinite(value):  # diverged: every later step would be NaN too
+                raise FloatingPointError(f"training loss became {value} at step {s // batch_size + 1} of the epoch")
             (loss / n_step).backward()
-            loss_sum += loss.item()
+            loss_sum += value
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
@@ -204,6 +208,11 @@ def run_epochs(config: dict, resume_from: Path | None = None) -> Iterator[tuple[
         }
         yield metrics, partial(_save, model=model, optimizer=optimizer, scheduler=scheduler,
                                epoch=epoch + 1, examples_seen=examples_seen)
+        maybe_inject(model)  # no-op unless fault injection is configured (tests of failure handling)
+
+
+# Failures that a retry would only repeat: the trial stops with the reason instead of erroring.
+DETERMINISTIC = {FloatingPointError: "nan_loss", torch.OutOfMemoryError: "out_of_memory"}
 
 
 def trainable(config: dict, setup: dict) -> None:
@@ -211,22 +220,32 @@ def trainable(config: dict, setup: dict) -> None:
 
     ``config`` holds the searched values; ``setup``, the same for every trial, comes through
     ``tune.with_parameters`` so it stays out of trial names, tables and the searcher's view.
+    A NaN loss or running out of memory ends the trial with a final report naming the reason
+    (``stopped``), scored 0; any other exception is left to Tune (retried, then ERROR).
     """
+    import ray
     from ray import tune
 
     config = {**config, "setup": setup}
-    every = config["setup"]["training"]["checkpoint_every"]
-    epochs = config["setup"]["training"]["epochs"]
+    every = setup["training"]["checkpoint_every"]
+    epochs = setup["training"]["epochs"]
+    node = ray.get_runtime_context().get_node_id()
     checkpoint = tune.get_checkpoint()
     with tempfile.TemporaryDirectory() as restored:
         resume_from = None
         if checkpoint is not None:
             checkpoint.to_directory(restored)
             resume_from = Path(restored)
-        for metrics, save in run_epochs(config, resume_from):
-            if metrics["epoch"] % every == 0 or metrics["epoch"] == epochs:
-                with tempfile.TemporaryDirectory() as out:
-                    save(Path(out))
-                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(out))
-            else:
-                tune.report(metrics)
+        try:
+            for metrics, save in run_epochs(config, resume_from):
+                metrics["node_id"] = node
+                if metrics["epoch"] % every == 0 or metrics["epoch"] == epochs:
+                    with tempfile.TemporaryDirectory() as out:
+                        save(Path(out))
+                        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(out))
+                else:
+                    tune.report(metrics)
+        except tuple(DETERMINISTIC) as e:
+            reason = next(v for k, v in DETERMINISTIC.items() if isinstance(e, k))
+            log.warning("trial stopped: %s: %s", reason, e)
+            tune.report({"unseen_accuracy": 0.0, "stopped": reason, "reason": f"{type(e).__name__}: {e}", "node_id": node})
