@@ -225,6 +225,9 @@ class SearchConfig(_Strict):
     grace_period: int = Field(2, ge=1, description="epochs before ASHA may stop a trial")
     reduction_factor: float = Field(3, gt=1)
     max_failures: int = Field(2, ge=0, description="retries of a trial that raises, from its last checkpoint")
+    study_storage: str | None = Field(
+        None, description="a database URL for the Optuna study; null: a journal file beside the experiment"
+    )
     seed: int = 0
     space: SpaceConfig = SpaceConfig()
 
@@ -232,6 +235,11 @@ class SearchConfig(_Strict):
 class RayConfig(_Strict):
     address: str | None = Field(None, description="an existing cluster; null starts a local one")
     num_cpus: int | None = Field(None, ge=1, description="local cluster size; null = all cores")
+
+
+def is_uri(path: str) -> bool:
+    """``s3://bucket/x``, ``gs://...``, ``file:///...``: storage that pyarrow reaches by URI."""
+    return "://" in path
 
 
 class Config(_Strict):
@@ -244,6 +252,15 @@ class Config(_Strict):
     resources_per_trial: Resources = Resources()
     search: SearchConfig = SearchConfig()
     ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _study_beside_results(self) -> "Config":
+        if is_uri(self.storage_path) and self.search.study_storage is None:
+            raise ValueError(
+                "storage_path is a URI, where no journal file can live: give search.study_storage "
+                "a database URL (postgresql://..., mysql://..., or sqlite:/// on a shared disk)"
+            )
+        return self
 
 
 def _line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
@@ -366,3 +383,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
 def resolve(path: str) -> Path:
     """A config path as an absolute path (Tune's storage_path must be absolute)."""
     return Path(os.path.expanduser(path)).resolve()
+
+
+def storage_root(path: str) -> str:
+    """A storage_path as Tune takes it: a URI unchanged, a local path made absolute."""
+    return path if is_uri(path) else str(resolve(path))

@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.config import Config, ConfigError, check_space_against_pool, resolve
+import pyarrow.fs as pafs
+
+from search.config import Config, ConfigError, check_space_against_pool, is_uri, storage_root
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,34 @@ class Summary:
         return json.dumps(asdict(self), indent=2, sort_keys=False, default=str)
 
 
-def experiment_dir(cfg: Config) -> Path:
-    return resolve(cfg.storage_path) / cfg.name
+def experiment_location(cfg: Config) -> tuple[pafs.FileSystem, str, str]:
+    """The experiment's (filesystem, path on it, path or URI as users see it)."""
+    root = storage_root(cfg.storage_path)
+    fs, base = pafs.FileSystem.from_uri(root) if is_uri(root) else (pafs.LocalFileSystem(), root)
+    return fs, f"{base.rstrip('/')}/{cfg.name}", f"{root.rstrip('/')}/{cfg.name}"
+
+
+def experiment_dir(cfg: Config) -> str:
+    """Where the experiment's results are: a local path or a URI."""
+    return experiment_location(cfg)[2]
+
+
+def _exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _has_content(fs: pafs.FileSystem, path: str) -> bool:
+    return bool(fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
+
+
+def study_storage(cfg: Config, local_experiment: str):
+    """The Optuna storage: the configured database, or a journal file beside the experiment."""
+    import optuna
+
+    if cfg.search.study_storage:
+        return optuna.storages.RDBStorage(cfg.search.study_storage)
+    Path(local_experiment).mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(f"{local_experiment}/{STUDY}"))
 
 
 def init_ray(cfg: Config) -> None:
@@ -144,7 +172,7 @@ def summarize(results, cfg: Config, pool: Path, wall_seconds: float) -> Summary:
         num_trials=len(pairs),
         counts=dict(sorted(Counter(t.status for t, _ in pairs).items())),
         wall_seconds=round(wall_seconds, 1),
-        experiment_path=str(experiment_dir(cfg)),
+        experiment_path=experiment_dir(cfg),
         pool=str(pool),
     )
 
@@ -154,10 +182,14 @@ def trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _write_summary(fs: pafs.FileSystem, path: str, text: str) -> None:
+    if isinstance(fs, pafs.LocalFileSystem):  # never a half-written summary: write, then rename
+        tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    else:  # object stores make an object visible only once it is complete
+        with fs.open_output_stream(path) as out:
+            out.write(text.encode())
 
 
 def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> Summary:
@@ -172,12 +204,14 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     from search.space import DefineByRun
     from trainables.train import trainable
 
-    exp = experiment_dir(cfg)
-    # Refuse before touching Ray: never overwrite an experiment, never resume a missing one.
-    if resume and not (exp / "tuner.pkl").exists():
-        raise ConfigError(f"{exp}: no experiment to resume (run without --resume to start it)")
-    if not resume and exp.exists() and any(exp.iterdir()):
-        raise ConfigError(f"{exp}: an experiment of this name exists; pass --resume to finish it, or --name NEW")
+    fs, exp, shown = experiment_location(cfg)
+    # Decide before touching Ray: never overwrite an experiment. --resume finishes one, or starts
+    # it if the driver died before Tune wrote anything (so a retried job can always pass --resume).
+    if not resume and _has_content(fs, exp):
+        raise ConfigError(f"{shown}: an experiment of this name exists; pass --resume to finish it, or --name NEW")
+    if resume and not _exists(fs, f"{exp}/tuner.pkl"):
+        log.info("nothing to resume at %s: starting the experiment", shown)
+        resume = False
 
     started = time.time()
     init_ray(cfg)
@@ -194,10 +228,9 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     }
     fn = tune.with_resources(tune.with_parameters(trainable, setup=setup), cfg.resources_per_trial.model_dump())
     if resume:
-        tuner = tune.Tuner.restore(str(exp), trainable=fn, resume_errored=True)
+        tuner = tune.Tuner.restore(shown, trainable=fn, resume_errored=True)
     else:
-        exp.mkdir(parents=True, exist_ok=True)
-        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp / STUDY)))
+        storage = study_storage(cfg, exp)
         sampler = optuna.samplers.TPESampler(
             seed=cfg.search.seed, n_startup_trials=max(1, min(10, cfg.search.num_samples // 2))
         )
@@ -221,7 +254,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
             ),
             run_config=tune.RunConfig(
                 name=cfg.name,
-                storage_path=str(exp.parent),
+                storage_path=storage_root(cfg.storage_path),
                 # Two, not one: with one, Tune snapshots the whole experiment after every checkpoint.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
@@ -230,5 +263,5 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
         )
     results = tuner.fit()
     summary = summarize(results, cfg, pool, time.time() - started)
-    _write_atomic(exp / SUMMARY, summary.to_json())
+    _write_summary(fs, f"{exp}/{SUMMARY}", summary.to_json())
     return summary
