@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -66,6 +67,19 @@ def experiment_dir(cfg: Config) -> str:
     return experiment_location(cfg)[2]
 
 
+def expand_secrets(value: str) -> str:
+    """``${VAR}`` from the environment: secrets (a database password) stay out of config files."""
+    missing = [name for name in re.findall(r"\$\{(\w+)\}", value) if name not in os.environ]
+    if missing:
+        raise ConfigError(f"search.study_storage: environment variable(s) {missing} not set")
+    return os.path.expandvars(value)
+
+
+def redact(url: str) -> str:
+    """A URL fit for logs: ``postgresql://user:***@host/db``."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
 def _exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
@@ -79,7 +93,9 @@ def study_storage(cfg: Config, local_experiment: str):
     import optuna
 
     if cfg.search.study_storage:
-        return optuna.storages.RDBStorage(cfg.search.study_storage)
+        url = expand_secrets(cfg.search.study_storage)
+        log.info("Optuna study in %s", redact(url))
+        return optuna.storages.RDBStorage(url)
     Path(local_experiment).mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(f"{local_experiment}/{STUDY}"))
 
@@ -213,6 +229,8 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
         log.info("nothing to resume at %s: starting the experiment", shown)
         resume = False
 
+    if cfg.search.study_storage:
+        expand_secrets(cfg.search.study_storage)  # a missing variable fails here, before Ray starts
     started = time.time()
     init_ray(cfg)
     _check_resources(cfg)

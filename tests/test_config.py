@@ -94,3 +94,13 @@ def test_cli_num_samples_override(tmp_path):
     cfg = lc(write_config(tmp_path), {"search.num_samples": 7, "name": "other"})
     assert cfg.search.num_samples == 7 and cfg.name == "other"
     assert cfg.search.space.budget == 400  # untouched siblings keep the file's values
+
+
+def test_every_recipe_loads():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        cfg = load_config(recipe)
+        assert cfg.name
