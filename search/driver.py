@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,6 @@ log = logging.getLogger(__name__)
 
 METRIC = "unseen_accuracy"
 SUMMARY = "summary.json"
-STUDY = "optuna.journal"
 
 
 @dataclass(frozen=True)
@@ -67,37 +65,12 @@ def experiment_dir(cfg: Config) -> str:
     return experiment_location(cfg)[2]
 
 
-def expand_secrets(value: str) -> str:
-    """``${VAR}`` from the environment: secrets (a database password) stay out of config files."""
-    missing = [name for name in re.findall(r"\$\{(\w+)\}", value) if name not in os.environ]
-    if missing:
-        raise ConfigError(f"search.study_storage: environment variable(s) {missing} not set")
-    return os.path.expandvars(value)
-
-
-def redact(url: str) -> str:
-    """A URL fit for logs: ``postgresql://user:***@host/db``."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
-
-
 def _exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def _has_content(fs: pafs.FileSystem, path: str) -> bool:
     return bool(fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
-
-
-def study_storage(cfg: Config, local_experiment: str):
-    """The Optuna storage: the configured database, or a journal file beside the experiment."""
-    import optuna
-
-    if cfg.search.study_storage:
-        url = expand_secrets(cfg.search.study_storage)
-        log.info("Optuna study in %s", redact(url))
-        return optuna.storages.RDBStorage(url)
-    Path(local_experiment).mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(f"{local_experiment}/{STUDY}"))
 
 
 def init_ray(cfg: Config) -> None:
@@ -218,6 +191,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
 
     from search.pool import Manifest, prepare
     from search.space import DefineByRun
+    from search.study import study_storage
     from trainables.train import trainable
 
     fs, exp, shown = experiment_location(cfg)
@@ -230,6 +204,8 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
         resume = False
 
     if cfg.search.study_storage:
+        from search.study import expand_secrets
+
         expand_secrets(cfg.search.study_storage)  # a missing variable fails here, before Ray starts
     started = time.time()
     init_ray(cfg)
@@ -248,7 +224,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     if resume:
         tuner = tune.Tuner.restore(shown, trainable=fn, resume_errored=True)
     else:
-        storage = study_storage(cfg, exp)
+        storage = study_storage(cfg.search.study_storage, exp)
         sampler = optuna.samplers.TPESampler(
             seed=cfg.search.seed, n_startup_trials=max(1, min(10, cfg.search.num_samples // 2))
         )

@@ -98,7 +98,7 @@ def test_corpus_parameters_the_validator_accepts_always_generate(alphabet, input
 
 
 def test_secrets_come_from_the_environment_and_are_redacted_in_logs(monkeypatch):
-    from search.driver import expand_secrets, redact
+    from search.study import expand_secrets, redact
 
     monkeypatch.setenv("PGPASSWORD", "s3cr3t")
     url = expand_secrets("postgresql://mix:${PGPASSWORD}@db.internal:5432/optuna")
@@ -112,3 +112,21 @@ def test_secrets_come_from_the_environment_and_are_redacted_in_logs(monkeypatch)
         assert "PGPASSWORD" in str(e) and "s3cr3t" not in str(e)
     else:
         raise AssertionError("a missing variable must be an error")
+
+
+def test_the_pickled_study_storage_holds_the_template_not_the_secret(tmp_path, monkeypatch):
+    import pickle
+
+    import optuna
+
+    from search.study import study_storage
+
+    secret = tmp_path / "s3cr3t-7f2a"
+    secret.mkdir()
+    monkeypatch.setenv("STUDY_DIR", str(secret))
+    storage = study_storage("sqlite:///${STUDY_DIR}/study.db", str(tmp_path / "exp"))
+    optuna.create_study(study_name="s", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    blob = pickle.dumps(storage)  # what Tune writes into the experiment folder
+    assert b"s3cr3t-7f2a" not in blob and b"${STUDY_DIR}" in blob
+    restored = pickle.loads(blob)  # on --resume, with the variable set again
+    assert len(optuna.load_study(study_name="s", storage=restored).trials) == 2
