@@ -82,7 +82,9 @@ def init_ray(cfg: Config) -> None:
     if cfg.ray.address:
         ray.init(address=cfg.ray.address)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+        # address="local": always a new cluster of our own. Without it ray.init() joins any
+        # cluster already running on this machine (`ray start`, another tool's), sized for it.
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False)
 
 
 def _check_resources(cfg: Config) -> None:
@@ -186,10 +188,10 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
     import optuna
 
     from search.pool import Manifest, prepare
+    from search.searcher import MultiFidelityOptunaSearch
     from search.space import DefineByRun
     from search.study import study_storage
     from trainables.train import trainable
@@ -228,9 +230,9 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
         sampler = optuna.samplers.TPESampler(
             seed=cfg.search.seed, n_startup_trials=max(1, min(10, cfg.search.num_samples // 2))
         )
-        searcher = OptunaSearch(
+        searcher = MultiFidelityOptunaSearch(
             DefineByRun(cfg.search.space), metric=METRIC, mode="max",
-            sampler=sampler, study_name=cfg.name, storage=storage,
+            sampler=sampler, study_name=cfg.name, storage=storage, max_epochs=cfg.training.epochs,
         )
         scheduler = ASHAScheduler(
             time_attr="training_iteration", metric=METRIC, mode="max", max_t=cfg.training.epochs,

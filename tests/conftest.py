@@ -61,7 +61,7 @@ def ray_cluster():
     """One real local Ray cluster for a test module (2 CPUs, like the target machine)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     yield
     ray.shutdown()
 
