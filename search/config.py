@@ -189,25 +189,69 @@ class Range(_Strict):
 
 
 class Simplex(_Strict):
-    """Domain weights searched on the simplex over the listed domains."""
+    """Domain weights searched on the simplex over the listed domains.
+
+    ``min_weight``: every kept domain gets at least this much (uniform over what remains);
+    ``dropout``: the search may also leave domains out entirely (at least one is kept).
+    """
 
     simplex: list[str] = Field(min_length=1)
+    min_weight: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: bool = False
+
+    @model_validator(mode="after")
+    def _room(self) -> "Simplex":
+        if self.min_weight * len(self.simplex) > 1:
+            raise ValueError(
+                f"min_weight {self.min_weight} x {len(self.simplex)} domains exceeds 1"
+            )
+        return self
 
 
-Number = Union[float, Range]
+class Choices(_Strict):
+    """A knob taking one of listed values: categorical for TPE, an axis for a grid."""
+
+    choices: list[float] = Field(min_length=1)
+
+
+class WeightChoices(_Strict):
+    """Domain weights taking one of listed mixtures (each >= 0, summing to 1)."""
+
+    choices: list[dict[str, float]] = Field(min_length=1)
+
+    @field_validator("choices")
+    @classmethod
+    def _each(cls, v: list[dict[str, float]]) -> list[dict[str, float]]:
+        for w in v:
+            if not w or any(x < 0 for x in w.values()) or abs(sum(w.values()) - 1) > 1e-6:
+                raise ValueError(f"each mixture must be >= 0 and sum to 1, got {w}")
+        return v
+
+
+Number = Union[float, Range, Choices]
+
+
+def _most(n: Number) -> float:
+    return n.high if isinstance(n, Range) else max(n.choices) if isinstance(n, Choices) else n
+
+
+def _least(n: Number) -> float:
+    return n.low if isinstance(n, Range) else min(n.choices) if isinstance(n, Choices) else n
 
 
 class SpaceConfig(_Strict):
     """What the search varies; a plain number fixes a knob, a range searches it."""
 
-    weights: Union[Simplex, dict[str, float]] = Simplex(simplex=list(corpus.DOMAINS))
+    weights: Union[Simplex, WeightChoices, dict[str, float]] = Simplex(simplex=list(corpus.DOMAINS))
     num_instructions: Number = Range(low=8, high=2000, log=True)
     budget: Number = 20000
     learning_rate: Number = Range(low=1e-3, high=6e-3, log=True)
 
     @field_validator("weights")
     @classmethod
-    def _weights(cls, v: Simplex | dict[str, float]) -> Simplex | dict[str, float]:
+    def _weights(cls, v: Simplex | WeightChoices | dict[str, float]) -> Simplex | WeightChoices | dict[str, float]:
+        if isinstance(v, WeightChoices):
+            return v
         if isinstance(v, dict):
             if not v or any(w < 0 for w in v.values()) or abs(sum(v.values()) - 1) > 1e-6:
                 raise ValueError(f"fixed weights must be >= 0 and sum to 1, got {v}")
@@ -216,11 +260,22 @@ class SpaceConfig(_Strict):
         return v
 
     def weight_domains(self) -> list[str]:
-        return list(self.weights.simplex) if isinstance(self.weights, Simplex) else list(self.weights)
+        if isinstance(self.weights, Simplex):
+            return list(self.weights.simplex)
+        if isinstance(self.weights, WeightChoices):
+            return sorted({d for w in self.weights.choices for d in w})
+        return list(self.weights)
+
+    def searched(self) -> list[str]:
+        """The knobs that vary from trial to trial."""
+        knobs = {k: getattr(self, k) for k in ("num_instructions", "budget", "learning_rate")}
+        out = [k for k, v in knobs.items() if isinstance(v, (Range, Choices))]
+        return (["weights"] if isinstance(self.weights, (Simplex, WeightChoices)) else []) + out
 
 
 class SearchConfig(_Strict):
-    num_samples: int = Field(12, ge=1)
+    algorithm: Literal["tpe", "grid"] = "tpe"  # grid: every combination of the choices, once
+    num_samples: int = Field(12, ge=1, description="trials (tpe); ignored by grid")
     max_concurrent: int = Field(2, ge=1)
     grace_period: int = Field(2, ge=1, description="epochs before ASHA may stop a trial")
     reduction_factor: float = Field(3, gt=1)
@@ -254,6 +309,16 @@ class Config(_Strict):
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")
+    def _grid_is_discrete(self) -> "Config":
+        if self.search.algorithm == "grid":
+            space = self.search.space
+            ranged = [k for k in ("num_instructions", "budget", "learning_rate") if isinstance(getattr(space, k), Range)]
+            ranged += ["weights"] if isinstance(space.weights, Simplex) else []
+            if ranged:
+                raise ValueError(f"a grid takes fixed values or {{choices: [...]}}, not ranges: {ranged}")
+        return self
+
+    @model_validator(mode="after")
     def _study_beside_results(self) -> "Config":
         if is_uri(self.storage_path) and self.search.study_storage is None:
             raise ValueError(
@@ -281,8 +346,11 @@ def _line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
 
 
 def _where(source: str, root: yaml.Node | None, loc: tuple[Any, ...]) -> str:
-    # pydantic reports union branches as extra path items ("Simplex", "float"); drop them.
-    path = tuple(p for p in loc if isinstance(p, int) or not str(p)[:1].isupper() and p not in ("float", "int"))
+    # pydantic reports union branches as extra path items ("Simplex", "float",
+    # "function-after[_order(), Range]"); drop them.
+    tags = ("float", "int", "str", "bool")
+    path = tuple(p for p in loc if isinstance(p, int)
+                 or not (str(p)[:1].isupper() or "[" in str(p) or "(" in str(p) or p in tags))
     line = _line_of(root, path)
     at = f"{source}, line {line}" if line else source
     key = ".".join(str(p) for p in path) or "(top level)"
@@ -314,18 +382,21 @@ def check_space_against_pool(cfg: Config, pool_rules: dict[str, int], source: st
         )
     if isinstance(space.weights, dict):
         usable = sum(pool_rules[d] for d, w in space.weights.items() if w > 0)
+    elif isinstance(space.weights, WeightChoices):  # the poorest listed mixture must suffice
+        usable = min(sum(pool_rules[d] for d, x in w.items() if x > 0) for w in space.weights.choices)
+    elif space.weights.dropout:  # a trial may keep a single domain: each must suffice alone
+        usable = min(pool_rules[d] for d in space.weight_domains())
     else:
         usable = sum(pool_rules[d] for d in space.weight_domains())
     n = space.num_instructions
-    most = n.high if isinstance(n, Range) else n
+    most = _most(n)
     key = ("search", "space", "num_instructions") + (("high",) if isinstance(n, Range) else ())
     if most > usable:
         raise ConfigError(
             f"{_where(source, root, key)}: up to {most:g} distinct instructions asked, "
             f"but the weighted domains of the pool hold {usable}"
         )
-    b = space.budget
-    least_budget = b.low if isinstance(b, Range) else b
+    least_budget = _least(space.budget)
     if least_budget < most:
         raise ConfigError(
             f"{_where(source, root, ('search', 'space', 'budget'))}: a budget of {least_budget:g} "

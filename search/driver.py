@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pyarrow.fs as pafs
 
 from search.config import Config, ConfigError, check_space_against_pool, is_uri, storage_root
@@ -183,17 +184,32 @@ def _write_summary(fs: pafs.FileSystem, path: str, text: str) -> None:
             out.write(text.encode())
 
 
+def _search_algorithm(cfg: Config, exp: str):
+    """(search_alg, param_space, num_samples) for Tune: TPE with its Optuna study, or a grid."""
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    from search.searcher import MultiFidelityOptunaSearch
+    from search.space import DefineByRun, grid
+    from search.study import study_storage
+
+    if cfg.search.algorithm == "grid":  # every combination once; no Optuna study
+        return BasicVariantGenerator(max_concurrent=cfg.search.max_concurrent), grid(cfg.search.space), 1
+    sampler = optuna.samplers.TPESampler(
+        seed=cfg.search.seed, n_startup_trials=max(1, min(10, cfg.search.num_samples // 2))
+    )
+    searcher = MultiFidelityOptunaSearch(
+        DefineByRun(cfg.search.space), metric=METRIC, mode="max", sampler=sampler,
+        study_name=cfg.name, storage=study_storage(cfg.search.study_storage, exp), max_epochs=cfg.training.epochs,
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=cfg.search.max_concurrent), None, cfg.search.num_samples
+
+
 def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> Summary:
     """Run (or, with resume, finish) the experiment of this config; return its summary."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    import optuna
 
     from search.pool import Manifest, prepare
-    from search.searcher import MultiFidelityOptunaSearch
-    from search.space import DefineByRun
-    from search.study import study_storage
     from trainables.train import trainable
 
     fs, exp, shown = experiment_location(cfg)
@@ -226,25 +242,19 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     if resume:
         tuner = tune.Tuner.restore(shown, trainable=fn, resume_errored=True)
     else:
-        storage = study_storage(cfg.search.study_storage, exp)
-        sampler = optuna.samplers.TPESampler(
-            seed=cfg.search.seed, n_startup_trials=max(1, min(10, cfg.search.num_samples // 2))
-        )
-        searcher = MultiFidelityOptunaSearch(
-            DefineByRun(cfg.search.space), metric=METRIC, mode="max",
-            sampler=sampler, study_name=cfg.name, storage=storage, max_epochs=cfg.training.epochs,
-        )
         scheduler = ASHAScheduler(
             time_attr="training_iteration", metric=METRIC, mode="max", max_t=cfg.training.epochs,
             grace_period=min(cfg.search.grace_period, cfg.training.epochs),
             reduction_factor=cfg.search.reduction_factor,
         )
+        search_alg, param_space, num_samples = _search_algorithm(cfg, exp)
         tuner = tune.Tuner(
             fn,
+            param_space=param_space,
             tune_config=tune.TuneConfig(
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.search.max_concurrent),
+                search_alg=search_alg,
                 scheduler=scheduler,
-                num_samples=cfg.search.num_samples,
+                num_samples=num_samples,
                 trial_name_creator=trial_name,
                 trial_dirname_creator=trial_name,
             ),

@@ -12,24 +12,41 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from search.config import Range, Simplex, SpaceConfig
+from search.config import Choices, Range, Simplex, SpaceConfig, WeightChoices
 
 # Keeps -log(u) finite; the chance of a draw below this is negligible.
 _U_MIN = 1e-12
 
 
-def weights_from_uniforms(u: dict[str, float]) -> dict[str, float]:
-    """Map uniform draws in (0, 1] to a point on the simplex (flat Dirichlet)."""
+def weights_from_uniforms(u: dict[str, float], min_weight: float = 0.0,
+                          kept: dict[str, bool] | None = None) -> dict[str, float]:
+    """Map uniform draws in (0, 1] to a point on the simplex (flat Dirichlet).
+
+    With ``kept``, dropped domains get 0 (if every domain is dropped, the one with the largest
+    share is kept); ``min_weight`` is then given to each kept domain and the rest shared by the
+    Dirichlet draw, so the result is uniform over the part of the simplex that respects it.
+    """
     e = {d: -math.log(max(x, _U_MIN)) for d, x in u.items()}
-    total = sum(e.values())
+    if kept is not None:
+        live = [d for d in e if kept[d]] or [max(e, key=e.get)]
+        e = {d: (v if d in live else 0.0) for d, v in e.items()}
+    live = [d for d, v in e.items() if v > 0] or list(e)
+    total = sum(e[d] for d in live)
+    rest = 1 - min_weight * len(live)
     if total == 0:  # every draw exactly 1: the centre is the only sensible answer
-        return {d: 1 / len(e) for d in e}
-    return {d: v / total for d, v in e.items()}
+        return {d: (1 / len(live) if d in live else 0.0) for d in e}
+    return {d: (min_weight + rest * e[d] / total if d in live else 0.0) for d in e}
 
 
-def _number(trial, name: str, spec: float | Range, integer: bool) -> float | int:
+def _value(x: float, integer: bool) -> float | int:
+    return int(round(x)) if integer else float(x)
+
+
+def _number(trial, name: str, spec: float | Range | Choices, integer: bool) -> float | int:
+    if isinstance(spec, Choices):
+        return trial.suggest_categorical(name, [_value(x, integer) for x in spec.choices])
     if not isinstance(spec, Range):
-        return int(round(spec)) if integer else float(spec)
+        return _value(spec, integer)
     if integer:
         return trial.suggest_int(name, math.ceil(spec.low), math.floor(spec.high), log=spec.log)
     return trial.suggest_float(name, spec.low, spec.high, log=spec.log)
@@ -48,8 +65,15 @@ class DefineByRun:
     def __call__(self, trial) -> dict[str, Any]:
         space = self.space
         if isinstance(space.weights, Simplex):
-            u = {d: trial.suggest_float(f"simplex_u/{d}", _U_MIN, 1.0) for d in space.weights.simplex}
-            weights = weights_from_uniforms(u)
+            simplex = space.weights
+            u = {d: trial.suggest_float(f"simplex_u/{d}", _U_MIN, 1.0) for d in simplex.simplex}
+            kept = None
+            if simplex.dropout:
+                kept = {d: trial.suggest_categorical(f"keep/{d}", [True, False]) for d in simplex.simplex}
+            weights = weights_from_uniforms(u, simplex.min_weight, kept)
+        elif isinstance(space.weights, WeightChoices):
+            index = trial.suggest_categorical("weights_choice", list(range(len(space.weights.choices))))
+            weights = dict(space.weights.choices[index])
         else:
             weights = dict(space.weights)
         return {
@@ -58,3 +82,21 @@ class DefineByRun:
             "budget": _number(trial, "budget", space.budget, True),
             "learning_rate": _number(trial, "learning_rate", space.learning_rate, False),
         }
+
+
+def grid(space: SpaceConfig) -> dict[str, Any]:
+    """Tune's param_space for a grid: every combination of the choices, fixed values as they are."""
+    from ray import tune
+
+    def axis(spec: float | Choices, integer: bool):
+        if isinstance(spec, Choices):
+            return tune.grid_search([_value(x, integer) for x in spec.choices])
+        return _value(spec, integer)
+
+    weights = space.weights
+    return {
+        "weights": tune.grid_search([dict(w) for w in weights.choices]) if isinstance(weights, WeightChoices) else dict(weights),
+        "num_instructions": axis(space.num_instructions, True),
+        "budget": axis(space.budget, True),
+        "learning_rate": axis(space.learning_rate, False),
+    }

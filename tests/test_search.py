@@ -10,6 +10,7 @@ import time
 import optuna
 import pytest
 import ray
+import yaml
 
 from search.cli import main
 from tests.conftest import write_config
@@ -97,6 +98,21 @@ def test_faults_inside_trials_are_recorded_and_the_search_goes_on(tmp_path, monk
     assert reasons == [("ERROR", "RuntimeError"), ("STOPPED", "FloatingPointError"), ("STOPPED", "OutOfMemoryError")]
     assert "injected fault" in next(t["reason"] for t in summary["trials"] if t["status"] == "ERROR")
     assert summary["best"]["trial_id"] in {t["trial_id"] for t in summary["trials"] if t["status"] == "COMPLETED"}
+
+
+@pytest.mark.slow
+def test_a_grid_recipe_runs_every_combination_once(tmp_path):
+    mixtures = [{"random": 1.0}, {"random": 0.5, "mirrored": 0.5}]
+    path = write_config(tmp_path, {"search": {"algorithm": "grid", "space": {"weights": {"choices": mixtures}}}})
+    data = yaml.safe_load(path.read_text())  # replace SMALL's ranges rather than merge into them
+    data["search"]["space"].update(num_instructions={"choices": [5, 20]}, learning_rate=0.005)
+    path.write_text(yaml.safe_dump(data))
+    assert main(["run", str(path)]) == 0
+    exp = tmp_path / "results" / "t"
+    summary = load(exp / "summary.json")
+    got = sorted((tuple(sorted(t["config"]["weights"].items())), t["config"]["num_instructions"]) for t in summary["trials"])
+    assert got == sorted((tuple(sorted(m.items())), n) for m in mixtures for n in (5, 20))
+    assert not (exp / "optuna.journal").exists()  # a grid needs no study
 
 
 def test_python_dash_m_search_is_the_cli(tmp_path):

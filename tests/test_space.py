@@ -54,3 +54,61 @@ def test_degenerate_draws_and_pickling():
     assert abs(sum(w.values()) - 1) < 1e-12 and w["a"] > w["b"]
     f = DefineByRun(SpaceConfig())
     assert pickle.loads(pickle.dumps(f)) == f  # Tune pickles the searcher for --resume
+
+
+def test_min_weight_keeps_every_domain_above_it_and_stays_uniform_above():
+    draws = sample(SpaceConfig(weights=Simplex(simplex=DOMAINS, min_weight=0.1)), 3000)
+    w = np.array([[d["weights"][k] for k in DOMAINS] for d in draws])
+    assert np.allclose(w.sum(axis=1), 1.0) and (w >= 0.1 - 1e-12).all()
+    # Above the floor the draw is a flat Dirichlet over what is left (1 - 4 x 0.1 = 0.6).
+    excess = (w - 0.1) / 0.6
+    assert np.all(np.abs(excess.mean(axis=0) - 0.25) < 0.02)
+
+
+def test_dropout_leaves_domains_out_but_never_all():
+    draws = sample(SpaceConfig(weights=Simplex(simplex=DOMAINS, dropout=True, min_weight=0.05),
+                               num_instructions=20), 2000)
+    w = np.array([[d["weights"][k] for k in DOMAINS] for d in draws])
+    assert np.allclose(w.sum(axis=1), 1.0)
+    dropped = w == 0
+    assert not dropped.all(axis=1).any()  # at least one domain in every mixture
+    # Each domain is left out with probability 1/2, less the 1/16 x 1/4 chance that all four were
+    # dropped and this one was kept again: 0.484.
+    assert np.all(np.abs(dropped.mean(axis=0) - 0.484) < 0.04), dropped.mean(axis=0)
+    assert ((w == 0) | (w >= 0.05 - 1e-12)).all()  # kept domains respect the floor
+
+
+def test_simplex_option_errors(tmp_path):
+    import pytest
+
+    from search.config import ConfigError, load_config
+    from tests.conftest import write_config
+
+    with pytest.raises(ConfigError, match="min_weight 0.3 x 4 domains exceeds 1"):
+        load_config(write_config(tmp_path, {"search": {"space": {"weights": {"simplex": DOMAINS, "min_weight": 0.3}}}}))
+    # With drop-out a trial may keep one domain (30 rules in SMALL): 100 instructions cannot fit.
+    with pytest.raises(ConfigError, match="hold 30"):
+        load_config(write_config(tmp_path, {"search": {"space": {"weights": {"simplex": DOMAINS, "dropout": True}}}}))
+
+
+def test_choices_are_categorical_for_tpe():
+    from search.config import Choices, WeightChoices
+
+    mixtures = [{"random": 1.0}, {"random": 0.5, "mirrored": 0.5}]
+    space = SpaceConfig(weights=WeightChoices(choices=mixtures), num_instructions=Choices(choices=[10, 40]),
+                        budget=Choices(choices=[400, 800]), learning_rate=0.003)
+    draws = sample(space, 200)
+    assert {tuple(sorted(d["weights"].items())) for d in draws} == {tuple(sorted(m.items())) for m in mixtures}
+    assert {d["num_instructions"] for d in draws} == {10, 40} and {d["budget"] for d in draws} == {400, 800}
+    assert all(isinstance(d["num_instructions"], int) for d in draws)
+
+
+def test_a_grid_takes_no_ranges(tmp_path):
+    import pytest
+
+    from search.config import ConfigError, load_config
+    from tests.conftest import write_config
+
+    with pytest.raises(ConfigError, match=r"not ranges: \['num_instructions', 'learning_rate'\]"):
+        load_config(write_config(tmp_path, {"search": {"algorithm": "grid",
+                                                       "space": {"weights": {"random": 1.0}}}}))
