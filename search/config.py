@@ -266,12 +266,6 @@ class SpaceConfig(_Strict):
             return sorted({d for w in self.weights.choices for d in w})
         return list(self.weights)
 
-    def searched(self) -> list[str]:
-        """The knobs that vary from trial to trial."""
-        knobs = {k: getattr(self, k) for k in ("num_instructions", "budget", "learning_rate")}
-        out = [k for k, v in knobs.items() if isinstance(v, (Range, Choices))]
-        return (["weights"] if isinstance(self.weights, (Simplex, WeightChoices)) else []) + out
-
 
 class SearchConfig(_Strict):
     algorithm: Literal["tpe", "grid"] = "tpe"  # grid: every combination of the choices, once
