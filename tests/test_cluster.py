@@ -1,7 +1,6 @@
 """The cluster path: cluster.yaml against Ray's schema, and a simulated multi-node cluster."""
 
 import json
-import os
 import threading
 import time
 from pathlib import Path

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from search.pool import read_split
 from trainables.data import encode
 from trainables.evaluate import exact_match_items
 from trainables.model import build_model, char_tokenizer
