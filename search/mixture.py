@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,7 +27,6 @@ class Mixture:
     num_instructions: int
     budget: int
     seed: int = 0
-    _positive: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.weights or any(w < 0 or not math.isfinite(w) for w in self.weights.values()):
@@ -40,7 +39,11 @@ class Mixture:
             raise ValueError(
                 f"budget ({self.budget}) must be at least num_instructions ({self.num_instructions})"
             )
-        object.__setattr__(self, "_positive", tuple(d for d, w in self.weights.items() if w > 0))
+
+    @property
+    def domains(self) -> list[str]:
+        """The domains with positive weight, the only ones the mixture draws from."""
+        return [d for d, w in self.weights.items() if w > 0]
 
 
 def apportion(total: int, weights: dict[str, float], lower: dict[str, int], upper: dict[str, int]) -> dict[str, int]:
@@ -99,7 +102,7 @@ class Plan:
 
 def plan(mixture: Mixture, manifest: Manifest) -> Plan:
     """Apportion instructions and examples over the domains with positive weight."""
-    domains = list(mixture._positive)
+    domains = mixture.domains
     missing = [d for d in domains if d not in manifest.train]
     if missing:
         raise ValueError(f"domains {missing} are not in the pool (it has {manifest.domains})")
