@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from search.pool import Manifest, read_split
+from search.pool import Manifest, domain_stats, read_split
 
 
 @dataclass(frozen=True)
@@ -179,9 +179,4 @@ def _permutation(n: int, seed: int) -> list[int]:
 
 def describe(rows: pa.Table) -> dict[str, dict[str, int]]:
     """Per domain: rows and distinct instructions of a materialized mixture."""
-    out = {}
-    for domain in sorted(set(rows["domain"].to_pylist())):
-        sub = rows.filter(pc.equal(rows["domain"], domain))
-        out[domain] = {"rows": sub.num_rows, "instructions": len(set(sub["instruction"].to_pylist()))}
-    return out
-
+    return {d: asdict(stats) for d, stats in domain_stats(rows).items()}

@@ -132,7 +132,8 @@ def read_split(pool: Path, split: str, domain: str | None = None, filter=None) -
     return table.sort_by([("domain", "ascending"), ("rule_idx", "ascending"), ("example_idx", "ascending")])
 
 
-def _stats(table: pa.Table) -> dict[str, DomainStats]:
+def domain_stats(table: pa.Table) -> dict[str, DomainStats]:
+    """Per domain: rows and distinct instructions of a table with a ``domain`` column."""
     out = {}
     for domain in sorted(set(table.column("domain").to_pylist())):
         rows = table.filter(pa.compute.equal(table["domain"], domain))
@@ -193,8 +194,8 @@ def prepare(cfg: Config, *, force: bool = False) -> Path:
             params=cfg.corpus.string_rewrite.model_dump(mode="json"),
             spec_hash=want,
             content_hash=_content_hash(tables),
-            train=_stats(tables["train"]),
-            unseen=_stats(tables["unseen"]),
+            train=domain_stats(tables["train"]),
+            unseen=domain_stats(tables["unseen"]),
             examples_per_rule=params.examples_per_rule,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
