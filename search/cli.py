@@ -29,11 +29,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--storage-path", help="where experiments are stored (a folder)")
     run.add_argument("--num-samples", type=int, help="number of trials")
     run.add_argument("--resume", action="store_true", help="finish an interrupted experiment")
+    run.add_argument("--start-from", metavar="EXPERIMENT",
+                     help="a previous experiment (folder or summary.json): try its surrogate's proposals first")
     return p
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    return {"name": args.name, "storage_path": args.storage_path, "search.num_samples": args.num_samples}
+    return {"name": args.name, "storage_path": args.storage_path, "search.num_samples": args.num_samples,
+            "search.start_from": args.start_from}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +55,18 @@ def main(argv: list[str] | None = None) -> int:
             pool = prepare(cfg, force=args.force)
             m = Manifest.load(pool)
             print(f"pool: {pool}")
-            for d, s in m.train.items():
-                print(f"  {d:<10} {s.rows:>8} rows {s.instructions:>6} instructions  (unseen: {m.unseen[d].instructions})")
+            for split in ("train", "unseen"):
+                stats = getattr(m, split)
+                print(f"{split}: {sum(s.rows for s in stats.values())} rows, "
+                      f"{sum(s.instructions for s in stats.values())} instructions in {len(stats)} domains")
+                width = max((len(d) for d in stats), default=0)
+                for d, s in stats.items():
+                    print(f"  {d:<{width}} {s.rows:>8} rows {s.instructions:>6} instructions "
+                          f"(examples each {s.examples_min}-{s.examples_max}, entropy {s.entropy:.2f} bits)")
+            if m.dropped:
+                print("dropped: " + ", ".join(f"{k} {v}" for k, v in m.dropped.items()))
+            for line in m.faults:
+                print(f"  {line}")
             return 0
         cfg = load_config(args.config, _overrides(args))
         from search.driver import run_search
@@ -68,6 +81,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"best trial {best['trial_id']}: unseen_accuracy {best['unseen_accuracy']:.3f}")
         for k, v in best["config"].items():
             print(f"  {k}: {v}")
+    if summary.pareto:
+        print(f"pareto front (unseen accuracy against {summary.pareto['against']}):")
+        for p in summary.pareto["front"]:
+            print(f"  {p['trial_id']}: {p['unseen_accuracy']:.3f} at {p[summary.pareto['against']]:g}")
+    sur = summary.surrogate or {}
+    if "proposal" in sur:
+        prop = sur["proposal"]
+        print(f"surrogate (cross-validated rank correlation {sur['cv_rank_correlation']:.2f}) proposes, "
+              f"predicting {prop['predicted_unseen_accuracy']:.3f}:")
+        for k, v in prop["config"].items():
+            print(f"  {k}: {v}")
+    elif sur:
+        print(f"surrogate: {sur.get('error')}")
     print(f"results: {summary.experiment_path}/summary.json")
     return 0
 

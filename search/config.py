@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -86,10 +86,75 @@ class StringRewriteConfig(_Strict):
         )
 
 
+class Columns(_Strict):
+    """Which column of the files holds what. ``domain`` falls back to ``category`` when the files
+    have no ``domain`` column; without a ``task`` column a task is a distinct normalized instruction."""
+
+    instruction: str = "instruction"
+    input: str = "input"
+    output: str = "output"
+    domain: str = "domain"
+    task: str = "task"
+
+
+class Domains(_Strict):
+    """Domains from the domain column, or, with ``clusters: k``, from clustering the instructions
+    (TF-IDF + k-means) when the corpus has no labels."""
+
+    clusters: Optional[int] = Field(None, ge=2, description="k: derive k domains by clustering")
+
+
+class Unseen(_Strict):
+    """Which tasks are held out as unseen: a fraction of each domain's tasks, named tasks (inline
+    or a file with one per line), or whole domains. Held out by task, never by row."""
+
+    fraction: Optional[float] = Field(None, gt=0.0, lt=1.0)
+    tasks: Optional[list[str]] = None
+    tasks_file: Optional[str] = None
+    domains: Optional[list[str]] = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "Unseen":
+        given = [k for k in ("fraction", "tasks", "tasks_file", "domains") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of fraction, tasks, tasks_file, domains (got {given or 'none'})")
+        return self
+
+
+class FilesConfig(_Strict):
+    """Instruction data from files: JSONL, JSON arrays, Parquet, CSV (globs and several files), or
+    a folder saved by Hugging Face ``datasets`` (``save_to_disk``)."""
+
+    paths: list[str] = Field(min_length=1)
+    columns: Columns = Columns()
+    domains: Domains = Domains()
+    unseen: Unseen
+    strict: bool = Field(False, description="a bad row is an error instead of a counted skip")
+    prompt: str = Field("{instruction}\n{input}\n", description="how instruction and input make the prompt")
+    truncate: bool = Field(False, description="cut rows longer than model.max_length instead of dropping them")
+    seed: int = 0
+
+    @field_validator("prompt")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        try:
+            v.format(instruction="", input="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"the prompt may use {{instruction}} and {{input}} only: {e}") from None
+        return v
+
+
 class CorpusConfig(_Strict):
-    source: Literal["string_rewrite"] = "string_rewrite"
+    source: Literal["string_rewrite", "files"] = "string_rewrite"
     pool_dir: str = "./mixsearch_pools"
     string_rewrite: StringRewriteConfig = StringRewriteConfig()
+    files: Optional[FilesConfig] = None
+
+    @model_validator(mode="after")
+    def _files_given(self) -> "CorpusConfig":
+        if self.source == "files" and self.files is None:
+            raise ValueError("source: files needs a files section (paths, unseen)")
+        return self
 
 
 class TinyModel(_Strict):
@@ -152,6 +217,7 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(64, ge=1, description="rows per optimizer step, across accumulation")
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     weight_decay: float = Field(0.01, ge=0.0)
+    warmup_fraction: float = Field(0.3, ge=0.01, le=0.99, description="share of steps the one-cycle schedule warms up")
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs that support it
     metric: Literal["exact_match", "normalized_exact_match", "rouge_l"] = "exact_match"
     eval_examples: int = Field(1000, ge=1, description="unseen examples scored after each epoch")
@@ -240,12 +306,23 @@ def _least(n: Number) -> float:
 
 
 class SpaceConfig(_Strict):
-    """What the search varies; a plain number fixes a knob, a range searches it."""
+    """What the search varies; a plain number fixes a knob, a range searches it.
+
+    Diversity is either ``num_instructions`` (distinct instructions) or ``examples_per_instruction``
+    (then ``num_instructions = budget // examples_per_instruction``): give one of them.
+    ``skew`` shapes how the budget is shared among a domain's instructions: instruction of rank r
+    gets a share proportional to r^-skew (0: even; 1: Zipf). ``weight_decay`` and
+    ``warmup_fraction`` default to the training section's values.
+    """
 
     weights: Union[Simplex, WeightChoices, dict[str, float]] = Simplex(simplex=list(corpus.DOMAINS))
-    num_instructions: Number = Range(low=8, high=2000, log=True)
+    num_instructions: Optional[Number] = Range(low=8, high=2000, log=True)
+    examples_per_instruction: Optional[Number] = None
     budget: Number = 20000
+    skew: Number = 0.0
     learning_rate: Number = Range(low=1e-3, high=6e-3, log=True)
+    weight_decay: Optional[Number] = None
+    warmup_fraction: Optional[Number] = None
 
     @field_validator("weights")
     @classmethod
@@ -259,12 +336,50 @@ class SpaceConfig(_Strict):
             raise ValueError("simplex lists a domain twice")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_yields(cls, data: Any) -> Any:
+        # examples_per_instruction given, num_instructions not: the default range yields to it.
+        if isinstance(data, dict) and data.get("examples_per_instruction") is not None and "num_instructions" not in data:
+            data = {**data, "num_instructions": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_diversity_knob(self) -> "SpaceConfig":
+        if self.examples_per_instruction is not None and self.num_instructions is not None:
+            raise ValueError("give num_instructions or examples_per_instruction, not both "
+                             "(the other follows from the budget)")
+        if self.examples_per_instruction is None and self.num_instructions is None:
+            raise ValueError("give num_instructions or examples_per_instruction")
+        for key, low, high in (("examples_per_instruction", 1, None), ("skew", 0, None),
+                               ("weight_decay", 0, None), ("warmup_fraction", 0.01, 0.99)):
+            spec = getattr(self, key)
+            if spec is not None and (_least(spec) < low or (high is not None and _most(spec) > high)):
+                raise ValueError(f"{key} must be within [{low}, {high if high is not None else 'inf'}]")
+        return self
+
+    def knobs(self) -> dict[str, "Number"]:
+        """The numeric knobs that are set, by name (weights aside)."""
+        names = ("num_instructions", "examples_per_instruction", "budget", "skew",
+                 "learning_rate", "weight_decay", "warmup_fraction")
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
+    def most_instructions(self) -> float:
+        """The largest number of distinct instructions a trial of this space can ask for."""
+        if self.num_instructions is not None:
+            return _most(self.num_instructions)
+        return _most(self.budget) // _least(self.examples_per_instruction)
+
     def weight_domains(self) -> list[str]:
         if isinstance(self.weights, Simplex):
             return list(self.weights.simplex)
         if isinstance(self.weights, WeightChoices):
             return sorted({d for w in self.weights.choices for d in w})
         return list(self.weights)
+
+
+# Knobs that are whole numbers.
+INTEGER_KNOBS = {"num_instructions", "examples_per_instruction", "budget"}
 
 
 class SearchConfig(_Strict):
@@ -278,6 +393,12 @@ class SearchConfig(_Strict):
         None, description="a database URL for the Optuna study; null: a journal file beside the experiment"
     )
     seed: int = 0
+    pareto: Optional[Literal["budget", "compute"]] = Field(
+        None, description="search the front of unseen accuracy against the data budget or the examples trained"
+    )
+    start_from: Optional[str] = Field(
+        None, description="a previous experiment (folder or summary.json): its surrogate's proposals are tried first"
+    )
     space: SpaceConfig = SpaceConfig()
 
 
@@ -306,10 +427,16 @@ class Config(_Strict):
     def _grid_is_discrete(self) -> "Config":
         if self.search.algorithm == "grid":
             space = self.search.space
-            ranged = [k for k in ("num_instructions", "budget", "learning_rate") if isinstance(getattr(space, k), Range)]
+            ranged = [k for k, v in space.knobs().items() if isinstance(v, Range)]
             ranged += ["weights"] if isinstance(space.weights, Simplex) else []
             if ranged:
                 raise ValueError(f"a grid takes fixed values or {{choices: [...]}}, not ranges: {ranged}")
+        return self
+
+    @model_validator(mode="after")
+    def _start_from_tpe(self) -> "Config":
+        if self.search.start_from and self.search.algorithm != "tpe":
+            raise ValueError("search.start_from seeds a TPE search; a grid runs its own points")
         return self
 
     @model_validator(mode="after")
@@ -383,23 +510,36 @@ def check_space_against_pool(cfg: Config, pool_rules: dict[str, int], source: st
     else:
         usable = sum(pool_rules[d] for d in space.weight_domains())
     n = space.num_instructions
-    most = _most(n)
-    key = ("search", "space", "num_instructions") + (("high",) if isinstance(n, Range) else ())
+    most = space.most_instructions()
+    if n is not None:
+        key = ("search", "space", "num_instructions") + (("high",) if isinstance(n, Range) else ())
+        what = f"up to {most:g} distinct instructions asked"
+    else:
+        key = ("search", "space", "examples_per_instruction")
+        what = (f"a budget of {_most(space.budget):g} at {_least(space.examples_per_instruction):g} "
+                f"examples per instruction asks for {most:g} distinct instructions")
     if most > usable:
         raise ConfigError(
-            f"{_where(source, root, key)}: up to {most:g} distinct instructions asked, "
-            f"but the weighted domains of the pool hold {usable}"
+            f"{_where(source, root, key)}: {what}, but the weighted domains of the pool hold {usable}"
         )
     least_budget = _least(space.budget)
-    if least_budget < most:
+    if n is not None and least_budget < most:
         raise ConfigError(
             f"{_where(source, root, ('search', 'space', 'budget'))}: a budget of {least_budget:g} "
             f"examples cannot cover {most:g} distinct instructions (one example each at least)"
         )
+    if n is None and least_budget < _most(space.examples_per_instruction):
+        raise ConfigError(
+            f"{_where(source, root, ('search', 'space', 'budget'))}: a budget of {least_budget:g} "
+            f"examples is less than {_most(space.examples_per_instruction):g} examples of one instruction"
+        )
 
 
-def expected_pool_rules(cfg: Config) -> dict[str, int]:
-    """Training rules per domain that the configured source will put in the pool."""
+def expected_pool_rules(cfg: Config) -> dict[str, int] | None:
+    """Training rules per domain that the configured source will put in the pool (None: known
+    only once the files are read; the driver checks the space against the prepared pool)."""
+    if cfg.corpus.source == "files":
+        return None
     sr = cfg.corpus.string_rewrite
     return {d: sr.rules_per_domain for d in sr.domains}
 
@@ -441,8 +581,21 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
         cfg = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format(e, source, root)) from None
-    check_space_against_pool(cfg, expected_pool_rules(cfg), source, root)
+    expected = expected_pool_rules(cfg)
+    if expected is not None:
+        check_space_against_pool(cfg, expected, source, root)
     return cfg
+
+
+def trial_setup(cfg: Config, pool: Path | str) -> dict:
+    """What every trial of an experiment shares: the trainable's ``setup``."""
+    return {
+        "pool": str(pool),
+        "seed": cfg.seed,
+        "model": cfg.model.model_dump(),
+        "training": cfg.training.model_dump(),
+        "resources": cfg.resources_per_trial.model_dump(),
+    }
 
 
 def resolve(path: str) -> Path:

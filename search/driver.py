@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 import pyarrow.fs as pafs
 
-from search.config import Config, ConfigError, check_space_against_pool, is_uri, storage_root
+from search.config import Config, ConfigError, check_space_against_pool, is_uri, storage_root, trial_setup
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class Summary:
     wall_seconds: float
     experiment_path: str
     pool: str
+    pareto: dict[str, Any] | None = None  # {against, front: [...]} when search.pareto is set
+    surrogate: dict[str, Any] | None = None  # rank correlation and proposals (search/surrogate.py)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False, default=str)
@@ -128,9 +130,40 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:2000]
 
 
+def _curve(result) -> list[tuple[int, float]]:
+    """(epoch, accuracy) of every result a trial reported; a repeated epoch keeps its last value."""
+    df = result.metrics_dataframe
+    if df is None or METRIC not in df or "epoch" not in df:
+        return []
+    rows = df[["epoch", METRIC]].dropna()
+    return sorted({int(e): float(v) for e, v in zip(rows["epoch"], rows[METRIC])}.items())
+
+
+def pareto_front(trials: list[TrialSummary], against: str, costs: dict[str, float]) -> list[dict[str, Any]]:
+    """Trials no other trial beats on both accuracy (higher) and cost (lower), by rising cost.
+
+    Against the budget only completed trials count (an early-stopped trial's accuracy is not what
+    its budget buys); against compute every trial with a result does, at what it trained.
+    """
+    points = [
+        (costs[t.trial_id], t.unseen_accuracy, t) for t in trials
+        if t.unseen_accuracy is not None and t.trial_id in costs
+        and (t.status == "COMPLETED" or (against == "compute" and t.status == "EARLY_STOPPED"))
+    ]
+    front, best = [], -math.inf
+    for cost, acc, t in sorted(points, key=lambda p: (p[0], -p[1])):
+        if acc > best:
+            front.append({"trial_id": t.trial_id, "unseen_accuracy": acc, against: cost, "config": t.config})
+            best = acc
+    return front
+
+
 def summarize(results, cfg: Config, pool: Path, wall_seconds: float) -> Summary:
     """Condense a ResultGrid into the summary users read and notebooks load."""
-    pairs = []
+    from search.searcher import COST_METRIC
+    from search.surrogate import Curve, analyse
+
+    pairs, curves, costs = [], [], {}
     for r in results:
         m = r.metrics or {}
         acc = m.get(METRIC)
@@ -144,7 +177,12 @@ def summarize(results, cfg: Config, pool: Path, wall_seconds: float) -> Summary:
             reason=m.get("reason") if r.error is None else _reason(r.error),
         )
         pairs.append((trial, r))
+        if trial.status not in ("STOPPED", "ERROR"):
+            curves.append(Curve(trial.trial_id, trial.config, _curve(r)))
+        if cfg.search.pareto and COST_METRIC[cfg.search.pareto] in m:
+            costs[trial.trial_id] = float(m[COST_METRIC[cfg.search.pareto]])
     pairs.sort(key=lambda p: p[0].trial_id)
+    trials = [t for t, _ in pairs]
     best = None
     ranked = [p for p in pairs if p[0].unseen_accuracy is not None and p[0].status not in ("STOPPED", "ERROR")]
     if ranked:
@@ -157,15 +195,25 @@ def summarize(results, cfg: Config, pool: Path, wall_seconds: float) -> Summary:
             "training_iteration": top.training_iteration,
             "checkpoint": result.checkpoint.path if result.checkpoint else None,
         }
+    pareto = None
+    if cfg.search.pareto:
+        pareto = {"against": cfg.search.pareto, "front": pareto_front(trials, cfg.search.pareto, costs)}
+    try:
+        surrogate = analyse(curves, cfg.search.space, cfg.training.epochs, seed=cfg.search.seed)
+    except Exception as e:  # a failed fit must not cost the user the summary of a finished search
+        log.warning("surrogate fit failed: %s", e)
+        surrogate = {"error": f"{type(e).__name__}: {e}"}
     return Summary(
         name=cfg.name,
         best=best,
-        trials=[t for t, _ in pairs],
+        trials=trials,
         num_trials=len(pairs),
-        counts=dict(sorted(Counter(t.status for t, _ in pairs).items())),
+        counts=dict(sorted(Counter(t.status for t in trials).items())),
         wall_seconds=round(wall_seconds, 1),
         experiment_path=experiment_dir(cfg),
         pool=str(pool),
+        pareto=pareto,
+        surrogate=surrogate,
     )
 
 
@@ -184,24 +232,63 @@ def _write_summary(fs: pafs.FileSystem, path: str, text: str) -> None:
             out.write(text.encode())
 
 
+def tpe_sampler(seed: int, num_samples: int) -> optuna.samplers.TPESampler:
+    """TPE as the search uses it: multivariate (it models how knobs interact, e.g. instructions
+    and learning rate), with a constant liar so concurrent trials are not suggested alike."""
+    import warnings
+
+    with warnings.catch_warnings():  # both options are marked experimental in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=max(1, min(10, num_samples // 2)), multivariate=True, constant_liar=True,
+        )
+
+
 def _search_algorithm(cfg: Config, exp: str):
     """(search_alg, param_space, num_samples) for Tune: TPE with its Optuna study, or a grid."""
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     from search.searcher import MultiFidelityOptunaSearch
-    from search.space import DefineByRun, grid
+    from search.space import DefineByRun, grid, to_params
     from search.study import study_storage
 
     if cfg.search.algorithm == "grid":  # every combination once; no Optuna study
         return BasicVariantGenerator(max_concurrent=cfg.search.max_concurrent), grid(cfg.search.space), 1
-    sampler = optuna.samplers.TPESampler(
-        seed=cfg.search.seed, n_startup_trials=max(1, min(10, cfg.search.num_samples // 2))
-    )
+    points = [to_params(c, cfg.search.space) for c in previous_proposals(cfg)] if cfg.search.start_from else []
+    sampler = tpe_sampler(cfg.search.seed, cfg.search.num_samples)
+    metric, mode = METRIC, "max"
+    if cfg.search.pareto:
+        from search.searcher import COST_METRIC
+
+        metric, mode = [METRIC, COST_METRIC[cfg.search.pareto]], ["max", "min"]
     searcher = MultiFidelityOptunaSearch(
-        DefineByRun(cfg.search.space), metric=METRIC, mode="max", sampler=sampler,
-        study_name=cfg.name, storage=study_storage(cfg.search.study_storage, exp), max_epochs=cfg.training.epochs,
+        DefineByRun(cfg.search.space), metric=metric, mode=mode, sampler=sampler,
+        study_name=cfg.name, storage=study_storage(cfg.search.study_storage, exp),
+        max_epochs=cfg.training.epochs, pareto=cfg.search.pareto, points_to_evaluate=points or None,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=cfg.search.max_concurrent), None, cfg.search.num_samples
+
+
+def previous_proposals(cfg: Config) -> list[dict[str, Any]]:
+    """The trial configs proposed by the surrogate of ``search.start_from``'s experiment.
+
+    Raises ConfigError when that experiment has no summary or its summary no proposals.
+    """
+    where = cfg.search.start_from
+    path = where if where.endswith(".json") else f"{where.rstrip('/')}/{SUMMARY}"
+    fs, inner = pafs.FileSystem.from_uri(path) if is_uri(path) else (pafs.LocalFileSystem(), str(Path(path).resolve()))
+    try:
+        with fs.open_input_stream(inner) as f:
+            summary = json.loads(f.read())
+    except (FileNotFoundError, OSError) as e:
+        raise ConfigError(f"search.start_from: cannot read {path}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"search.start_from: {path}, line {e.lineno}: not valid JSON: {e.msg}") from None
+    proposals = (summary.get("surrogate") or {}).get("proposals") or []
+    if not proposals:
+        why = (summary.get("surrogate") or {}).get("error", "the summary has no surrogate")
+        raise ConfigError(f"search.start_from: {path} proposes nothing ({why})")
+    return [p["config"] for p in proposals]
 
 
 def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> Summary:
@@ -225,19 +312,15 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
         from search.study import expand_secrets
 
         expand_secrets(cfg.search.study_storage)  # a missing variable fails here, before Ray starts
+    if cfg.search.start_from and not resume:
+        previous_proposals(cfg)  # a missing or empty previous experiment fails here, before Ray starts
     started = time.time()
     init_ray(cfg)
     _check_resources(cfg)
     pool = prepare(cfg)
     check_space_against_pool(cfg, Manifest.load(pool).rules(), source)
 
-    setup = {
-        "pool": str(pool),
-        "seed": cfg.seed,
-        "model": cfg.model.model_dump(),
-        "training": cfg.training.model_dump(),
-        "resources": cfg.resources_per_trial.model_dump(),
-    }
+    setup = trial_setup(cfg, pool)
     fn = tune.with_resources(tune.with_parameters(trainable, setup=setup), cfg.resources_per_trial.model_dump())
     if resume:
         tuner = tune.Tuner.restore(shown, trainable=fn, resume_errored=True)

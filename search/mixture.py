@@ -21,12 +21,18 @@ from search.pool import Manifest, domain_stats, read_split
 
 @dataclass(frozen=True)
 class Mixture:
-    """Domain weights (>= 0, summing to 1), distinct instructions, total examples, seed."""
+    """Domain weights (>= 0, summing to 1), distinct instructions, total examples, seed.
+
+    ``skew`` >= 0 shapes each domain's examples over its instructions: the instruction of rank r
+    (1-based, in the run :func:`materialize` picks) gets a share proportional to r^-skew, at
+    least one example each; 0 spreads them evenly, 1 is Zipf's law.
+    """
 
     weights: dict[str, float]
     num_instructions: int
     budget: int
     seed: int = 0
+    skew: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.weights or any(w < 0 or not math.isfinite(w) for w in self.weights.values()):
@@ -35,6 +41,8 @@ class Mixture:
             raise ValueError(f"weights must sum to 1, got {sum(self.weights.values())}")
         if self.num_instructions < 1:
             raise ValueError(f"num_instructions must be >= 1, got {self.num_instructions}")
+        if not (self.skew >= 0 and math.isfinite(self.skew)):
+            raise ValueError(f"skew must be finite and >= 0, got {self.skew}")
         if self.budget < self.num_instructions:
             raise ValueError(
                 f"budget ({self.budget}) must be at least num_instructions ({self.num_instructions})"
@@ -87,6 +95,24 @@ def apportion(total: int, weights: dict[str, float], lower: dict[str, int], uppe
     return {k: out[k] for k in keys}
 
 
+def skewed_counts(total: int, k: int, skew: float) -> list[int]:
+    """``total`` examples over ``k`` instructions by rank: one each, the rest ~ r^-skew.
+
+    Largest remainder rounding, ties to the lower rank: with skew 0 the first ``total % k``
+    instructions get one example more than the others.
+    """
+    if k < 1 or total < k:
+        raise ValueError(f"cannot give {total} examples to {k} instructions, one each at least")
+    shares = [(r + 1) ** -skew for r in range(k)]
+    scale = (total - k) / sum(shares)
+    ideal = [s * scale for s in shares]
+    counts = [1 + math.floor(x) for x in ideal]
+    left = total - sum(counts)
+    for r in sorted(range(k), key=lambda r: (-(ideal[r] - math.floor(ideal[r])), r))[:left]:
+        counts[r] += 1
+    return counts
+
+
 def _offset(seed: int, domain: str, n_rules: int) -> int:
     digest = hashlib.sha256(f"mixture/{seed}/{domain}".encode()).digest()
     return int.from_bytes(digest[:8], "little") % n_rules
@@ -128,8 +154,9 @@ def materialize(pool: Path, mixture: Mixture, manifest: Manifest | None = None) 
     Per domain, the rules are a contiguous run (modulo the domain's size) of rule ids starting at
     a seed-derived offset; rule ids are in random order, so the run is a random subset, and
     mixtures with more instructions contain those with fewer (same seed). Examples are spread
-    evenly over a domain's rules, cycling through a rule's examples if more are needed than the
-    pool holds. Rows come back shuffled by the seed.
+    over a domain's rules, evenly by default, cycling through a rule's examples if more are needed than the
+    pool holds; with ``skew``, unevenly by rank (:func:`skewed_counts`). Rows come back shuffled by
+    the seed.
     """
     manifest = manifest or Manifest.load(pool)
     p = plan(mixture, manifest)
@@ -139,21 +166,20 @@ def materialize(pool: Path, mixture: Mixture, manifest: Manifest | None = None) 
         n_rules = manifest.train[domain].instructions
         start = _offset(mixture.seed, domain, n_rules)
         end = start + k
-        per_rule, extra = divmod(p.examples[domain], k)
-        need = min(epr, per_rule + (extra > 0))
+        counts = skewed_counts(p.examples[domain], k, mixture.skew)
+        need = min(epr, max(counts))
         rid = pc.field("rule_idx")
         in_run = (rid >= start) & (rid < end)
         if end > n_rules:
             in_run = in_run | (rid < end - n_rules)
         table = read_split(pool, "train", domain, filter=in_run & (pc.field("example_idx") < need))
-        # Position of each rule within the run decides whether it gets the extra example.
-        rule_ids = table["rule_idx"].to_numpy()
-        counts = per_rule + ((rule_ids - start) % n_rules < extra)
-        take = []
         # Rows are sorted by (rule_idx, example_idx): find each rule's block, then cycle within it.
-        bounds = _block_bounds(rule_ids)
-        for (lo, hi), c in zip(bounds, counts[[b[0] for b in bounds]]):
-            take.extend(lo + (j % (hi - lo)) for j in range(int(c)))
+        # A rule's rank is its position in the run, which wraps around the domain's rule ids.
+        rule_ids = table["rule_idx"].to_numpy()
+        take = []
+        for lo, hi in _block_bounds(rule_ids):
+            c = counts[int((rule_ids[lo] - start) % n_rules)]
+            take.extend(lo + (j % (hi - lo)) for j in range(c))
         parts.append(table.take(pa.array(take, pa.int64())))
     rows = pa.concat_tables(parts)
     order = _permutation(rows.num_rows, mixture.seed)

@@ -4,39 +4,93 @@ Ray's ``OptunaSearch`` reports each epoch's value to its Optuna trial, but when 
 it tells Optuna the trial is COMPLETE with its last, low-fidelity value, so TPE ranks a
 half-trained score as if it were final. Here such a trial is told as PRUNED instead: Optuna keeps
 its intermediate values and TPE ranks it as it ranks trials pruned by Optuna's own pruners.
+
+With ``pareto`` the study has two objectives, unseen accuracy (max) and a cost (min): the data
+budget, or the examples a trial actually trained on (``compute``). Optuna keeps no intermediate
+values for such studies. An early-stopped trial is PRUNED when the cost is the budget (its
+accuracy is not what that budget buys) and COMPLETE when the cost is compute (it is a true point:
+that much training bought that much accuracy).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+# The reported metric that measures each Pareto cost.
+COST_METRIC = {"budget": "budget", "compute": "examples_seen"}
+# How many repeats of finished configs to answer from the study before training one anyway.
+REPEATS = 50
+
 
 class MultiFidelityOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that records early-stopped trials as PRUNED (and Tune's trial id)."""
 
-    def __init__(self, *args, max_epochs: int, **kwargs) -> None:
+    def __init__(self, *args, max_epochs: int, pareto: str | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
+        self._pareto = pareto
+        self._finished: dict[str, int] = {}  # config -> number of the Optuna trial that trained it
+        self._pending: dict[str, str] = {}  # Tune trial id -> its config
+
+    def suggest(self, trial_id: str) -> Optional[dict]:
+        """TPE's next config; one it has already trained is not trained again.
+
+        Training is deterministic for a config, so on discrete spaces (choices, grids) a repeat
+        would spend the compute to learn what the study already holds: the repeat's Optuna trial
+        gets the earlier trial's values and state, and TPE is asked again.
+        """
+        for attempt in range(REPEATS):
+            config = super().suggest(trial_id)
+            key = json.dumps(config, sort_keys=True, default=str)
+            done = self._finished.get(key)
+            if done is None or attempt == REPEATS - 1:  # a space this small, mostly tried: train it
+                break
+            ot_trial = self._ot_trials.pop(trial_id)
+            earlier = self._ot_study.get_trials(deepcopy=False)[done]
+            if not self._pareto:
+                for step, value in earlier.intermediate_values.items():
+                    ot_trial.report(value, step)
+            values = earlier.values if earlier.state == TrialState.COMPLETE else None
+            self._ot_study.tell(ot_trial, values, state=earlier.state)
+        self._pending[trial_id] = key
+        return config
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
+        key = self._pending.pop(trial_id, None)
+        if key is not None and not error and result and not result.get("stopped"):
+            self._finished[key] = ot_trial.number  # an error may not repeat: those are tried again
         ot_trial.set_user_attr("tune_trial_id", trial_id)
+        stopped_early = bool(
+            not error and result and not result.get("stopped")
+            and 0 < result.get("epoch", 0) < self._max_epochs
+        )
+        if self._pareto:
+            return self._complete_pareto(trial_id, ot_trial, result, error, stopped_early)
         # Tune passes a trial's last result to on_trial_complete only, never to on_trial_result:
         # report it too, so the study holds every epoch and a pruned trial is ranked by its last.
         if result and not error and not result.get("stopped") and self.metric in result:
             step = result.get("training_iteration")
             if step is not None and step not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
                 ot_trial.report(result[self.metric], step)
-        stopped_early = (
-            not error and result and not result.get("stopped")
-            and 0 < result.get("epoch", 0) < self._max_epochs
-        )
         if not stopped_early:
             return super().on_trial_complete(trial_id, result, error)
         self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+    def _complete_pareto(self, trial_id: str, ot_trial, result: Optional[dict], error: bool, stopped_early: bool) -> None:
+        values = [result.get(m) for m in self.metric] if result else [None]
+        if error or not result or result.get("stopped") or None in values:
+            # Errors, NaN or out of memory: no point on the front, nothing for TPE to rank.
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        elif stopped_early and self._pareto == "budget":
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        else:
+            self._ot_study.tell(ot_trial, [float(v) for v in values])
         self._completed_trials.add(trial_id)

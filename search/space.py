@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from search.config import Choices, Range, Simplex, SpaceConfig, WeightChoices
+from search.config import INTEGER_KNOBS, Choices, Range, Simplex, SpaceConfig, WeightChoices
 
 # Keeps -log(u) finite; the chance of a draw below this is negligible.
 _U_MIN = 1e-12
@@ -76,12 +76,8 @@ class DefineByRun:
             weights = dict(space.weights.choices[index])
         else:
             weights = dict(space.weights)
-        return {
-            "weights": weights,
-            "num_instructions": _number(trial, "num_instructions", space.num_instructions, True),
-            "budget": _number(trial, "budget", space.budget, True),
-            "learning_rate": _number(trial, "learning_rate", space.learning_rate, False),
-        }
+        knobs = {k: _number(trial, k, spec, k in INTEGER_KNOBS) for k, spec in space.knobs().items()}
+        return {"weights": weights, **knobs}
 
 
 def grid(space: SpaceConfig) -> dict[str, Any]:
@@ -96,7 +92,47 @@ def grid(space: SpaceConfig) -> dict[str, Any]:
     weights = space.weights
     return {
         "weights": tune.grid_search([dict(w) for w in weights.choices]) if isinstance(weights, WeightChoices) else dict(weights),
-        "num_instructions": axis(space.num_instructions, True),
-        "budget": axis(space.budget, True),
-        "learning_rate": axis(space.learning_rate, False),
+        **{k: axis(spec, k in INTEGER_KNOBS) for k, spec in space.knobs().items()},
     }
+
+
+def to_params(config: dict[str, Any], space: SpaceConfig) -> dict[str, Any]:
+    """The Optuna parameters under which :class:`DefineByRun` suggests ``config`` (or its nearest
+    point in ``space``): for ``points_to_evaluate``, so a search can start from known configs.
+
+    Weights map back to uniform draws: with the weights' excess over ``min_weight`` as the
+    exponentials, ``u = exp(-e)`` gives them back exactly. Numbers are clipped into their range or
+    snapped to the nearest choice; knobs the space fixes are left out.
+    """
+    params: dict[str, Any] = {}
+    weights = dict(config.get("weights", {}))
+    w = space.weights
+    if isinstance(w, Simplex):
+        live = [d for d in w.simplex if weights.get(d, 0.0) > 0] or list(w.simplex)
+        rest = 1 - w.min_weight * len(live)
+        for d in w.simplex:
+            excess = max(weights.get(d, 0.0) - w.min_weight, 0.0) / rest if rest > 0 and d in live else 0.0
+            # weights_from_uniforms needs some positive draw among the kept domains
+            params[f"simplex_u/{d}"] = min(1.0, max(_U_MIN, math.exp(-excess))) if excess > 0 else (1.0 if d in live else 0.5)
+            if w.dropout:
+                params[f"keep/{d}"] = d in live
+        if all(params[f"simplex_u/{d}"] == 1.0 for d in live):  # all-equal weights: any common draw
+            for d in live:
+                params[f"simplex_u/{d}"] = math.exp(-1.0)
+    elif isinstance(w, WeightChoices):
+        def distance(choice: dict[str, float]) -> float:
+            return sum(abs(choice.get(d, 0.0) - weights.get(d, 0.0)) for d in set(choice) | set(weights))
+
+        params["weights_choice"] = min(range(len(w.choices)), key=lambda i: distance(w.choices[i]))
+    for k, spec in space.knobs().items():
+        if k not in config or not isinstance(spec, (Range, Choices)):
+            continue
+        integer = k in INTEGER_KNOBS
+        x = float(config[k])
+        if isinstance(spec, Range):
+            x = min(max(x, spec.low), spec.high)
+            x = min(max(_value(x, integer), math.ceil(spec.low)), math.floor(spec.high)) if integer else x
+        else:
+            x = min(spec.choices, key=lambda c: abs(c - x))
+        params[k] = _value(x, integer)
+    return params

@@ -104,3 +104,47 @@ def test_every_recipe_loads():
     for recipe in recipes:
         cfg = load_config(recipe)
         assert cfg.name
+
+
+def test_examples_per_instruction_replaces_num_instructions(tmp_path):
+    # Given alone, it takes the place of the default num_instructions range.
+    from search.config import SpaceConfig
+
+    space = SpaceConfig.model_validate({"examples_per_instruction": {"low": 2, "high": 50, "log": True}})
+    assert space.num_instructions is None and space.most_instructions() == 20000 // 2
+    # Both given: which one the user meant is unclear, so say so.
+    path = write_config(tmp_path, {"search": {"space": {"examples_per_instruction": 4}}})
+    msg = error_of(path)
+    assert "key search.space" in msg and "not both" in msg
+    # The pool check covers what the budget affords: 400 // 2 = 200 instructions > 120 in the pool.
+    path = write_config(tmp_path, {"search": {"space": {"num_instructions": None, "examples_per_instruction": {"low": 2, "high": 8}}}})
+    msg = error_of(path)
+    assert "key search.space.examples_per_instruction" in msg and "200 distinct instructions" in msg and "hold 120" in msg
+    path = write_config(tmp_path, {"search": {"space": {"num_instructions": None, "examples_per_instruction": {"low": 4, "high": 8}}}})
+    assert load_config(path).search.space.most_instructions() == 100
+
+
+@pytest.mark.parametrize(
+    "space, key",
+    [({"skew": -1}, "skew"), ({"warmup_fraction": {"low": 0.1, "high": 1.5}}, "warmup_fraction"),
+     ({"weight_decay": -0.1}, "weight_decay")],
+)
+def test_knob_bounds(tmp_path, space, key):
+    msg = error_of(write_config(tmp_path, {"search": {"space": space}}))
+    assert "key search.space" in msg and key in msg
+
+
+def test_start_from_needs_tpe_and_an_experiment_with_proposals(tmp_path, capsys):
+    from search.cli import main
+
+    grid = {"algorithm": "grid", "start_from": str(tmp_path), "space": {"weights": {"random": 1.0}, "num_instructions": 10, "learning_rate": 0.003}}
+    assert "seeds a TPE search" in error_of(write_config(tmp_path, {"search": grid}))
+    # A previous experiment without a summary, or whose summary proposes nothing: refused before Ray.
+    path = write_config(tmp_path, {"search": {"start_from": str(tmp_path / "nowhere")}})
+    assert main(["run", str(path)]) == 2
+    assert "start_from: cannot read" in capsys.readouterr().err
+    (tmp_path / "prev").mkdir()
+    (tmp_path / "prev" / "summary.json").write_text('{"surrogate": {"error": "needs at least 4 trials"}}')
+    assert main(["run", str(path), "--start-from", str(tmp_path / "prev")]) == 2
+    assert "proposes nothing (needs at least 4 trials)" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()

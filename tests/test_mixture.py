@@ -89,3 +89,43 @@ def test_invalid_mixtures_are_refused(small_pool):
         materialize(pool, Mixture({"random": 1.0}, 31, 100))
     with pytest.raises(ValueError, match="not in the pool"):
         materialize(pool, Mixture({"code": 1.0}, 3, 100))
+
+
+@pytest.mark.parametrize("total, k, skew", [(10, 10, 0.0), (1000, 7, 0.0), (1000, 50, 1.0), (5000, 300, 2.5), (31, 30, 1.5)])
+def test_skewed_counts(total, k, skew):
+    from search.mixture import skewed_counts
+
+    c = skewed_counts(total, k, skew)
+    assert len(c) == k and sum(c) == total and min(c) >= 1
+    assert all(a >= b for a, b in zip(c, c[1:]))  # falls with rank
+    if skew == 0:
+        assert max(c) - min(c) <= 1
+    elif total - k >= 10 * k:  # room to show the law: shares follow r^-skew
+        assert abs((c[0] - 1) / (c[1] - 1) - 2 ** skew) < 0.1 * 2 ** skew
+
+
+def test_skew_shapes_examples_per_instruction_and_keeps_the_counts(small_pool):
+    _, pool = small_pool
+    w = {"random": 0.25, "repeated": 0.25, "periodic": 0.25, "mirrored": 0.25}
+    even = materialize(pool, Mixture(w, 40, budget=1200, seed=2))
+    skewed = materialize(pool, Mixture(w, 40, budget=1200, seed=2, skew=1.5))
+    for rows in (even, skewed):
+        assert rows.num_rows == 1200 and len(set(rows["instruction"].to_pylist())) == 40
+
+    def per_instruction(rows):
+        from collections import Counter
+
+        return sorted(Counter(rows["instruction"].to_pylist()).values(), reverse=True)
+
+    assert max(per_instruction(even)) - min(per_instruction(even)) <= 1
+    s = per_instruction(skewed)
+    assert s[0] > 5 * s[-1]  # the most frequent instruction dominates the rarest
+    with pytest.raises(ValueError, match="skew"):
+        Mixture(w, 40, budget=1200, skew=-0.5)
+
+
+def test_examples_per_instruction_sets_the_instruction_count(small_pool):
+    from trainables.train import mixture_of
+
+    m = mixture_of({"weights": {"random": 1.0}, "examples_per_instruction": 7, "budget": 100, "setup": {"seed": 0}})
+    assert m.num_instructions == 14 and m.budget == 100

@@ -232,3 +232,38 @@ def test_a_uri_without_a_study_database_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="give search.study_storage a database URL"):
         load_config(write_config(tmp_path, {"storage_path": "s3://bucket/results"}))
+
+
+@pytest.mark.slow
+def test_surrogate_in_the_summary_and_a_second_search_that_starts_from_its_proposals(tmp_path, capsys):
+    path = write_config(tmp_path, {"search": {"num_samples": 5, "pareto": "compute"}})
+    assert main(["run", str(path)]) == 0
+    exp = tmp_path / "results" / "t"
+    first = load(exp / "summary.json")
+    sur = first["surrogate"]
+    assert sur["trials"] == 5 and sur["results"] >= 5 and -1 <= sur["cv_rank_correlation"] <= 1
+    for p in sur["proposals"]:
+        c = p["config"]
+        assert 4 <= c["num_instructions"] <= 100 and abs(sum(c["weights"].values()) - 1) < 1e-9
+    assert "surrogate (cross-validated rank correlation" in capsys.readouterr().out
+    # Against compute every trial is a point at what it trained (budget 400 x epochs).
+    for p in first["pareto"]["front"]:
+        t = next(t for t in first["trials"] if t["trial_id"] == p["trial_id"])
+        assert p["compute"] == 400 * t["training_iteration"]
+    # The same, as notebooks load it.
+    from analysis.results import front, proposals, trials
+
+    assert list(front(exp)["compute"]) == [p["compute"] for p in first["pareto"]["front"]]
+    assert list(proposals(exp)["num_instructions"]) == [p["config"]["num_instructions"] for p in sur["proposals"]]
+    assert len(trials(exp)) == 5 and "weights.random" in trials(exp)
+
+    # A second search tries the first one's proposals before sampling its own.
+    second = write_config(tmp_path, {"name": "t2", "search": {"num_samples": 2, "max_concurrent": 1}}, "second.yaml")
+    assert main(["run", str(second), "--start-from", str(exp)]) == 0
+    trials = load(tmp_path / "results" / "t2" / "summary.json")["trials"]
+
+    def point(c):
+        return (c["num_instructions"], round(c["learning_rate"], 9), tuple(round(c["weights"][d], 9) for d in sorted(c["weights"])))
+
+    # Both trials of the second search are the first search's two best proposals.
+    assert sorted(point(t["config"]) for t in trials) == sorted(point(p["config"]) for p in sur["proposals"][:2])

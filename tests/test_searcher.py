@@ -10,27 +10,35 @@ from search.cli import main
 from tests.conftest import write_config
 
 
-@pytest.mark.slow
-def test_early_stopped_trials_are_pruned_with_their_intermediate_values(tmp_path):
-    # Trials must differ for ASHA to stop any: on no-op rows (the output copies the input) a
-    # 2-layer, 64-dim model learns within a few epochs at a good learning rate and not at a low
-    # one (measured: 0.0, 0.1, 0.78 at 3e-3; 0.0 throughout at 3e-4).
-    path = write_config(tmp_path, {
-        "corpus": {"string_rewrite": {"noop_fraction": 1.0}},
-        "model": {"tiny": {"n_layer": 2, "n_embd": 64, "n_head": 4}},
-        "training": {"epochs": 4},
-        "search": {"num_samples": 6, "grace_period": 2, "reduction_factor": 3,
-                   "space": {"budget": 3000, "learning_rate": {"low": 0.0001, "high": 0.01, "log": True}}},
-    })
+# Trials must differ for ASHA to stop any: on no-op rows (the output copies the input) a
+# 2-layer, 64-dim model learns within a few epochs at a good learning rate and not at a low
+# one (measured: 0.0, 0.1, 0.78 at 3e-3; 0.0 throughout at 3e-4).
+LEARNS_OR_NOT = {
+    "corpus": {"string_rewrite": {"noop_fraction": 1.0}},
+    "model": {"tiny": {"n_layer": 2, "n_embd": 64, "n_head": 4}},
+    "training": {"epochs": 4},
+    "search": {"num_samples": 6, "grace_period": 2, "reduction_factor": 3,
+               "space": {"budget": 3000, "learning_rate": {"low": 0.0001, "high": 0.01, "log": True}}},
+}
+
+
+def run(tmp_path, extra=None):
+    from tests.conftest import merge
+
     try:
-        assert main(["run", str(path)]) == 0
+        assert main(["run", str(write_config(tmp_path, merge(LEARNS_OR_NOT, extra or {})))]) == 0
     finally:
         ray.shutdown()
     exp = tmp_path / "results" / "t"
     summary = json.loads((exp / "summary.json").read_text())
-    by_id = {t["trial_id"]: t for t in summary["trials"]}
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal")))
-    study = optuna.load_study(study_name="t", storage=storage)
+    return exp, summary, optuna.load_study(study_name="t", storage=storage)
+
+
+@pytest.mark.slow
+def test_early_stopped_trials_are_pruned_with_their_intermediate_values(tmp_path):
+    exp, summary, study = run(tmp_path)
+    by_id = {t["trial_id"]: t for t in summary["trials"]}
     assert len(study.trials) == 6
     expected = {"EARLY_STOPPED": "PRUNED", "COMPLETED": "COMPLETE"}
     for ot in study.trials:
@@ -42,3 +50,33 @@ def test_early_stopped_trials_are_pruned_with_their_intermediate_values(tmp_path
         if ot.state.name == "COMPLETE":
             assert ot.value == tune["unseen_accuracy"]
     assert summary["counts"].get("EARLY_STOPPED", 0) >= 1, summary["counts"]
+
+
+@pytest.mark.slow
+def test_pareto_front_of_accuracy_against_budget(tmp_path):
+    exp, summary, study = run(tmp_path, {"search": {"pareto": "budget", "space": {"budget": {"choices": [1000, 3000]}}}})
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    by_id = {t["trial_id"]: t for t in summary["trials"]}
+    expected = {"EARLY_STOPPED": "PRUNED", "COMPLETED": "COMPLETE"}
+    for ot in study.trials:
+        tune = by_id[ot.user_attrs["tune_trial_id"]]
+        assert ot.state.name == expected[tune["status"]], (ot.state, tune)
+        if ot.state.name == "COMPLETE":
+            assert ot.values == [tune["unseen_accuracy"], tune["config"]["budget"]]
+    # The front: completed trials that no completed trial beats on both accuracy and budget.
+    done = [t for t in summary["trials"] if t["status"] == "COMPLETED"]
+    front = summary["pareto"]["front"]
+    assert summary["pareto"]["against"] == "budget" and front
+    def covers(o, t, strictly):
+        better = (o["unseen_accuracy"] > t["unseen_accuracy"]) or (o["config"]["budget"] < t["config"]["budget"])
+        return (o["unseen_accuracy"] >= t["unseen_accuracy"] and o["config"]["budget"] <= t["config"]["budget"]
+                and (better or not strictly))
+
+    ids = {p["trial_id"] for p in front}
+    for t in done:
+        if t["trial_id"] in ids:
+            assert not any(covers(o, t, strictly=True) for o in done), t
+        else:
+            assert any(covers(o, t, strictly=False) for o in done if o["trial_id"] in ids), t
+    assert [p["budget"] for p in front] == sorted(p["budget"] for p in front)
+    assert [p["unseen_accuracy"] for p in front] == sorted(p["unseen_accuracy"] for p in front)

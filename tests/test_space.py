@@ -112,3 +112,46 @@ def test_a_grid_takes_no_ranges(tmp_path):
     with pytest.raises(ConfigError, match=r"not ranges: \['num_instructions', 'learning_rate'\]"):
         load_config(write_config(tmp_path, {"search": {"algorithm": "grid",
                                                        "space": {"weights": {"random": 1.0}}}}))
+
+
+def test_every_knob_can_be_searched():
+    space = SpaceConfig.model_validate({
+        "weights": {"random": 1.0}, "num_instructions": None,
+        "examples_per_instruction": {"choices": [1, 5, 25]}, "budget": {"low": 1000, "high": 4000},
+        "skew": {"low": 0.0, "high": 2.0}, "learning_rate": 0.003,
+        "weight_decay": {"low": 1e-4, "high": 0.1, "log": True}, "warmup_fraction": {"choices": [0.1, 0.3]},
+    })
+    draws = sample(space, 100)
+    assert all("num_instructions" not in d for d in draws)
+    assert {d["examples_per_instruction"] for d in draws} == {1, 5, 25}
+    assert all(isinstance(d["budget"], int) and 1000 <= d["budget"] <= 4000 for d in draws)
+    assert all(0 <= d["skew"] <= 2 and 1e-4 <= d["weight_decay"] <= 0.1 for d in draws)
+    assert {d["warmup_fraction"] for d in draws} == {0.1, 0.3}
+
+
+def test_known_configs_map_back_to_the_optuna_parameters_that_suggest_them():
+    from search.space import to_params
+
+    rng = np.random.default_rng(0)
+    for space in (SpaceConfig(weights=Simplex(simplex=DOMAINS)),
+                  SpaceConfig(weights=Simplex(simplex=DOMAINS, min_weight=0.05, dropout=True))):
+        for _ in range(30):
+            w = rng.dirichlet(np.ones(4))
+            if space.weights.dropout:
+                w[rng.random(4) < 0.3] = 0
+                w = w / w.sum() if w.sum() else np.eye(4)[0]
+                kept = w > 0
+                w = np.where(kept, 0.05 + (1 - 0.05 * kept.sum()) * w, 0.0)
+            config = {"weights": dict(zip(DOMAINS, w.tolist())), "num_instructions": int(rng.integers(8, 2000)),
+                      "learning_rate": float(rng.uniform(1e-3, 6e-3)), "budget": 20000}
+            study = optuna.create_study()
+            study.enqueue_trial(to_params(config, space))
+            got = DefineByRun(space)(study.ask())
+            assert got["num_instructions"] == config["num_instructions"]
+            assert abs(got["learning_rate"] - config["learning_rate"]) < 1e-12
+            for d in DOMAINS:
+                assert abs(got["weights"][d] - config["weights"][d]) < 1e-9, (config, got)
+    # Outside the space: the nearest point inside it.
+    space = SpaceConfig(num_instructions=Range(low=8, high=100))
+    params = to_params({"weights": {d: 0.25 for d in DOMAINS}, "num_instructions": 5000, "learning_rate": 0.5}, space)
+    assert params["num_instructions"] == 100 and params["learning_rate"] == 6e-3

@@ -1,7 +1,8 @@
 """Stage 4, trial: fine-tune on one mixture, score unseen tasks after each epoch, report to Tune.
 
-A trial's config has the searched values (``weights``, ``num_instructions``, ``budget``,
-``learning_rate``); everything fixed for the experiment comes as ``setup``::
+A trial's config has the searched values (``weights``, ``num_instructions`` or
+``examples_per_instruction``, ``budget``, ``skew``, ``learning_rate``, optionally ``weight_decay``
+and ``warmup_fraction``); everything fixed for the experiment comes as ``setup``::
 
     setup: {pool: <dir>, seed: 0, model: {...}, training: {...}, resources: {cpu: 1, gpu: 0}}
 
@@ -56,13 +57,18 @@ def eval_rows(pool: Path, size: int, seed: int) -> pa.Table:
 
 
 def mixture_of(config: dict) -> Mixture:
-    """The trial's mixture, from its searched values and the experiment's seed."""
-    return Mixture(
-        weights=dict(config["weights"]),
-        num_instructions=int(round(config["num_instructions"])),
-        budget=int(round(config["budget"])),
-        seed=config["setup"]["seed"],
-    )
+    """The trial's mixture, from its searched values and the experiment's seed.
+
+    With ``examples_per_instruction`` instead of ``num_instructions``, the number of distinct
+    instructions is what the budget affords: ``budget // examples_per_instruction``.
+    """
+    budget = int(round(config["budget"]))
+    if "num_instructions" in config:
+        n = int(round(config["num_instructions"]))
+    else:
+        n = max(1, budget // int(round(config["examples_per_instruction"])))
+    return Mixture(weights=dict(config["weights"]), num_instructions=n, budget=budget,
+                   seed=config["setup"]["seed"], skew=float(config.get("skew", 0.0)))
 
 
 def device_for(resources: dict) -> torch.device:
@@ -173,11 +179,16 @@ def run_epochs(config: dict, resume_from: Path | None = None) -> Iterator[tuple[
     unseen = encode(eval_rows(pool, tcfg["eval_examples"], setup["seed"]), tokenizer, max_length)
 
     # Optimizer: AdamW on the trained parameters, one-cycle schedule over the whole run.
+    # Searched optimizer knobs override the experiment's training settings.
     lr, bs, epochs = config["learning_rate"], tcfg["batch_size"], tcfg["epochs"]
+    decay = config.get("weight_decay", tcfg["weight_decay"])
+    warmup = config.get("warmup_fraction", tcfg["warmup_fraction"])
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=tcfg["weight_decay"])
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=decay)
     steps_per_epoch = math.ceil(len(train) / bs)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=warmup
+    )
 
     start, examples_seen = 0, 0
     if resume_from is not None:
@@ -201,6 +212,7 @@ def run_epochs(config: dict, resume_from: Path | None = None) -> Iterator[tuple[
             "train_loss": loss_sum / answer_tokens,
             "epoch": epoch + 1,
             "examples_seen": examples_seen,
+            "budget": len(train),
             "epoch_seconds": seconds,
             "tokens_per_second": all_tokens / seconds,
             "device": str(device),

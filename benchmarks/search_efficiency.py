@@ -1,0 +1,289 @@
+"""How much compute each search strategy needs to find a good mixture: a tabular benchmark.
+
+Two steps:
+
+1. ``build-table`` runs the real training loop (``trainables.train.run_epochs``, what every trial
+   runs) once for every configuration of a grid of mixtures x distinct instructions x learning
+   rates on the built-in corpus, with the default model (a budget of 10,000 examples and 6 epochs,
+   so the table builds in about half an hour on 2 cores), and writes each
+   configuration's per-epoch ``unseen_accuracy`` curve to ``benchmarks/search_efficiency_table.json``
+   (committed). It needs no Ray, so it runs on any machine with torch, e.g. a GPU box::
+
+       python benchmarks/search_efficiency.py build-table --pool <pool of search/default.yaml> --workers 2
+
+2. The benchmark itself (the default) replays search strategies against the table through real
+   Tune, with a trainable that looks the curve up and reports it epoch by epoch:
+
+   - ``grid``: every configuration in a shuffled order, no early stopping;
+   - ``random_asha``: random sampling with ASHA;
+   - ``tpe``: Optuna TPE without pruning (Ray's ``OptunaSearch``, FIFO);
+   - ``mixsearch``: this project's searcher (TPE, early-stopped trials PRUNED) with ASHA,
+     the space and scheduler settings of ``search/default.yaml``.
+
+   Compute is epochs trained. An adaptive strategy's cost is the epochs spent until some trial
+   first reports an ``unseen_accuracy`` within 0.02 of the table's best final value (all its
+   epochs, if it never does; each may run as many trials as the table has). A grid has no
+   stopping rule: it knows its best only once it has run every point, so its cost is the whole
+   grid (when it first met a good point is printed too). Medians over seeds::
+
+       python benchmarks/search_efficiency.py           # 10 seeds
+       python benchmarks/search_efficiency.py --quick   # 3 seeds
+
+The last line printed is one JSON object: each strategy's median epochs, and ``ratio_vs_grid`` and
+``ratio_vs_random_asha`` (this project's compute over theirs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+try:  # the replay needs Ray; building the table does not
+    from ray.tune import Stopper
+except ImportError:  # pragma: no cover
+    Stopper = object
+
+TABLE = Path(__file__).with_name("search_efficiency_table.json")
+TOLERANCE = 0.02
+DOMAINS = ["random", "repeated", "periodic", "mirrored"]
+
+
+def _heavy(domain: str) -> dict[str, float]:
+    return {d: (0.7 if d == domain else 0.1) for d in DOMAINS}
+
+
+# The grid of the table. On 2 CPU cores a default trial (20,000 examples x 8 epochs) takes minutes,
+# so the table uses a smaller budget and fewer epochs: 60 curves in about half an hour.
+AXES = {
+    "weights": [{d: 0.25 for d in DOMAINS}, _heavy("random"), _heavy("mirrored"),
+                {"random": 0.5, "repeated": 0.0, "periodic": 0.5, "mirrored": 0.0}],
+    "num_instructions": [8, 40, 200, 600, 1000],
+    "learning_rate": [0.0015, 0.003, 0.006],
+}
+BUDGET, EPOCHS, EVAL_EXAMPLES = 10000, 6, 500
+
+
+# ---------------------------------------------------------------- step 1: the table
+
+def _run_one(args: tuple[dict, dict]) -> dict:
+    from trainables.train import run_epochs
+
+    point, setup = args
+    began = time.perf_counter()
+    curve = [m["unseen_accuracy"] for m, _ in run_epochs({**point, "setup": setup})]
+    return {**point, "curve": curve, "seconds": round(time.perf_counter() - began, 1)}
+
+
+def _key(point: dict) -> tuple:
+    return (AXES["weights"].index(point["weights"]), point["num_instructions"], point["learning_rate"])
+
+
+def build_table(pool: str, workers: int, gpu: bool, out: Path) -> None:
+    """Train every grid point to the end, ``workers`` at a time; write the curves as JSON.
+
+    The file is rewritten after every point and points already in it are skipped, so an
+    interrupted build continues where it stopped.
+    """
+    import multiprocessing as mp
+
+    import torch
+
+    from search.config import Config, trial_setup
+
+    cfg = Config.model_validate({"training": {"epochs": EPOCHS, "eval_examples": EVAL_EXAMPLES}})
+    setup = trial_setup(cfg, Path(pool).resolve())
+    setup["resources"] = {"cpu": 1, "gpu": 1 if gpu else 0}
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    done = {_key(r) for r in rows}
+    points = [dict(zip(AXES, values)) | {"budget": BUDGET} for values in itertools.product(*AXES.values())]
+    points = [p for p in points if _key(p) not in done]
+    device = torch.cuda.get_device_name(0) if gpu else f"CPU ({os.cpu_count()} cores)"
+    meta = {
+        "built_with": "trainables.train.run_epochs; model and training of search/default.yaml "
+                      f"except epochs {EPOCHS} and eval_examples {EVAL_EXAMPLES}",
+        "device": device, "workers": workers,
+        "epochs": EPOCHS, "budget": BUDGET, "eval_examples": EVAL_EXAMPLES, "axes": AXES,
+    }
+    began = time.time()
+    # spawn: CUDA cannot be used in forked children.
+    with mp.get_context("spawn").Pool(workers) as pool_:
+        for i, row in enumerate(pool_.imap_unordered(_run_one, [(p, setup) for p in points]), 1):
+            rows.append(row)
+            rows.sort(key=_key)
+            meta["wall_seconds"] = round(time.time() - began)
+            out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+            print(f"{i}/{len(points)} {row['num_instructions']:>5} lr={row['learning_rate']} "
+                  f"final={row['curve'][-1]:.3f} ({row['seconds']} s, {meta['wall_seconds']} s in)", flush=True)
+    print(f"{len(rows)} curves in {out}")
+
+
+# ---------------------------------------------------------------- step 2: the replay
+
+STRATEGIES = ("grid", "random_asha", "tpe", "mixsearch")
+TRIALS_PER_TABLE_POINT = 4
+
+
+def lookup(config: dict, curves: dict) -> None:
+    """A Tune trainable that reports a configuration's recorded curve, epoch by epoch."""
+    from ray import tune
+
+    for epoch, value in enumerate(curves[_key(config)], 1):
+        tune.report({"unseen_accuracy": value, "epoch": epoch})
+
+
+class Reached(Stopper):
+    """A Tune stopper that counts every epoch reported and ends the run at the first good one."""
+
+    def __init__(self, threshold: float, stop: bool = True) -> None:
+        self.threshold, self.stop = threshold, stop
+        self.seen, self.hit = set(), None
+
+    @property
+    def epochs(self) -> int:
+        return len(self.seen)
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.seen.add((trial_id, result["epoch"]))  # Tune repeats a trial's last result when it ends
+        if self.hit is None and result["unseen_accuracy"] >= self.threshold:
+            self.hit = self.epochs
+        return False
+
+    def stop_all(self) -> bool:
+        return self.stop and self.hit is not None
+
+
+def _project_config(seed: int, num_samples: int):
+    from search.config import Config
+
+    return Config.model_validate({
+        "name": "replay", "training": {"epochs": EPOCHS},
+        "search": {"num_samples": num_samples, "seed": seed, "space": {
+            "weights": {"choices": AXES["weights"]}, "budget": BUDGET,
+            "num_instructions": {"choices": AXES["num_instructions"]},
+            "learning_rate": {"choices": AXES["learning_rate"]}}},
+    })
+
+
+def replay(strategy: str, seed: int, curves: dict, threshold: float, tmp: Path) -> dict:
+    """One search against the table through Tune: epochs until the first good result, and in all."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search.driver import _search_algorithm
+    from search.space import DefineByRun
+
+    n = TRIALS_PER_TABLE_POINT * len(curves)  # room to sample with repeats; most runs stop far sooner
+    cfg = _project_config(seed, n)
+    asha = ASHAScheduler(time_attr="training_iteration", metric="unseen_accuracy", mode="max", max_t=EPOCHS,
+                         grace_period=cfg.search.grace_period, reduction_factor=cfg.search.reduction_factor)
+    exp = tmp / f"{strategy}-{seed}"
+    param_space = None
+    if strategy == "grid":  # the grid a user writes, in its order; it runs to the end
+        search_alg, scheduler, num = BasicVariantGenerator(max_concurrent=2), FIFOScheduler(), 1
+        param_space = {k: tune.grid_search(v) for k, v in AXES.items()}
+    elif strategy == "random_asha":
+        search_alg, scheduler, num = BasicVariantGenerator(max_concurrent=2, random_state=seed), asha, n
+        param_space = {k: tune.choice(v) for k, v in AXES.items()}
+    elif strategy == "tpe":  # Ray's OptunaSearch as it comes, every trial trained to the end
+        import optuna
+
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)  # Optuna's defaults
+        search_alg = ConcurrencyLimiter(OptunaSearch(DefineByRun(cfg.search.space), metric="unseen_accuracy",
+                                                     mode="max", sampler=sampler), max_concurrent=2)
+        scheduler, num = FIFOScheduler(), n
+    else:  # this project's searcher and scheduler, built by the driver's own code
+        exp.mkdir(parents=True)
+        search_alg, _, num = _search_algorithm(cfg, str(exp))
+        scheduler = asha
+    stopper = Reached(threshold, stop=strategy != "grid")
+    tuner = tune.Tuner(
+        tune.with_parameters(lookup, curves=curves),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num, reuse_actors=True),
+        run_config=tune.RunConfig(name=f"{strategy}-{seed}", storage_path=str(tmp / "tune"), stop=stopper, verbose=0),
+    )
+    results = tuner.fit()
+    return {"epochs_to_hit": stopper.hit if stopper.hit is not None else math.inf, "found": stopper.hit is not None,
+            "epochs": stopper.epochs, "trials": len(results)}
+
+
+def replay_all(quick: bool) -> None:
+    import logging
+    import tempfile
+
+    import ray
+
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    table = json.loads(TABLE.read_text())
+    curves = {_key(r): r["curve"] for r in table["rows"]}
+    best = max(c[-1] for c in curves.values())
+    threshold = best - TOLERANCE
+    seeds = list(range(3 if quick else 10))
+    print(f"table: {len(curves)} curves of {EPOCHS} epochs, best final unseen_accuracy {best:.3f}; "
+          f"{sum(c[-1] >= threshold for c in curves.values())} configurations within {TOLERANCE}")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    runs: dict[str, list[dict]] = {s: [] for s in STRATEGIES}
+    began = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            for strategy in STRATEGIES:
+                if strategy == "grid" and runs["grid"]:  # deterministic: one run stands for all seeds
+                    runs["grid"].append(runs["grid"][0])
+                    continue
+                r = replay(strategy, seed, curves, threshold, Path(tmp))
+                runs[strategy].append(r)
+                print(f"seed {seed} {strategy:<12} {r['epochs_to_hit']:>4} epochs to within {TOLERANCE} "
+                      f"({r['trials']} trials{'' if r['found'] else ', never reached'})", flush=True)
+    ray.shutdown()
+    # A run that never got within the tolerance counts as infinitely costly (inf in the median).
+    median = {s: statistics.median(r["epochs_to_hit"] for r in runs[s]) for s in STRATEGIES}
+    grid_total = runs["grid"][0]["epochs"]
+
+    def fin(x: float, digits: int = 3):  # JSON has no infinity: a median that never got there is null
+        return None if math.isinf(x) else round(x, digits)
+
+    out = {
+        "seeds": len(seeds), "table_best": round(best, 4), "tolerance": TOLERANCE,
+        "grid_epochs": grid_total,
+        "grid_first_hit_epochs": fin(median["grid"]),
+        "random_asha_epochs": fin(median["random_asha"]),
+        "tpe_epochs": fin(median["tpe"]),
+        "mixsearch_epochs": fin(median["mixsearch"]),
+        "found": {s: sum(r["found"] for r in runs[s]) for s in STRATEGIES},
+        "ratio_vs_grid": fin(median["mixsearch"] / grid_total),
+        "ratio_vs_random_asha": fin(median["mixsearch"] / median["random_asha"]) if not math.isinf(median["random_asha"]) else None,
+        "ratio_vs_tpe": fin(median["mixsearch"] / median["tpe"]) if not math.isinf(median["tpe"]) else None,
+        "wall_s": round(time.time() - began),
+    }
+    print(json.dumps(out))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd")
+    b = sub.add_parser("build-table", help="train every grid point and write the curves")
+    b.add_argument("--pool", required=True, help="a pool prepared from search/default.yaml")
+    b.add_argument("--workers", type=int, default=2)
+    b.add_argument("--gpu", action="store_true")
+    b.add_argument("--out", type=Path, default=TABLE)
+    ap.add_argument("--quick", action="store_true", help="3 seeds instead of 10")
+    args = ap.parse_args(argv)
+    if args.cmd == "build-table":
+        build_table(args.pool, args.workers, args.gpu, args.out)
+    else:
+        replay_all(args.quick)
+
+
+if __name__ == "__main__":
+    main()
