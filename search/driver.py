@@ -340,6 +340,10 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
                 num_samples=num_samples,
                 trial_name_creator=trial_name,
                 trial_dirname_creator=trial_name,
+                # A new actor per trial costs a process and the torch/transformers imports,
+                # seconds each (benchmarks/search_overhead.py); a trial's state lives in its
+                # function, so the next trial can run in the same process.
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=cfg.name,

@@ -24,6 +24,7 @@ import numpy as np
 from search.config import INTEGER_KNOBS, Choices, Range, Simplex, SpaceConfig, WeightChoices
 
 MIN_TRIALS = 4
+POINTS_PER_TRIAL = 4
 LOG_KNOBS = {"num_instructions", "examples_per_instruction", "budget", "learning_rate"}
 
 
@@ -62,28 +63,37 @@ class Surrogate:
         return mu, sd
 
 
-def fit(curves: list[Curve], space: SpaceConfig, seed: int = 0) -> Surrogate:
-    """Fit the Gaussian process to every result of the given trials."""
+def _thin(points: list[tuple[int, float]], keep: int = POINTS_PER_TRIAL) -> list[tuple[int, float]]:
+    """At most ``keep`` of a curve's points, evenly spread, the last always among them: a GP's
+    cost grows with the cube of its data, and neighbouring epochs say much the same."""
+    if len(points) <= keep:
+        return points
+    step = (len(points) - 1) / (keep - 1)
+    return [points[round(i * step)] for i in range(keep)]
+
+
+def fit(curves: list[Curve], space: SpaceConfig, seed: int = 0, restarts: int = 1) -> Surrogate:
+    """Fit the Gaussian process to the results of the given trials (each curve thinned)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
     domains = space.weight_domains()
     knobs = sorted({k for c in curves for k in c.config if k != "weights"})
-    x = np.array([_vector(c.config, domains, knobs, e) for c in curves for e, _ in c.points])
-    y = np.array([v for c in curves for _, v in c.points])
+    x = np.array([_vector(c.config, domains, knobs, e) for c in curves for e, _ in _thin(c.points)])
+    y = np.array([v for c in curves for _, v in _thin(c.points)])
     keep = x.std(axis=0) > 1e-12
     x = x[:, keep]
     mean, scale = x.mean(axis=0), x.std(axis=0)
     kernel = ConstantKernel(1.0, (1e-3, 1e2)) * RBF(np.ones(x.shape[1]), (1e-2, 1e2)) + WhiteKernel(1e-2, (1e-6, 1.0))
-    model = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=2, random_state=seed)
+    model = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=restarts, random_state=seed)
     with warnings.catch_warnings():  # a length scale at its bound just means an irrelevant feature
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit((x - mean) / scale, y)
     return Surrogate(domains, knobs, keep, mean, scale, model)
 
 
-def cv_rank_correlation(curves: list[Curve], space: SpaceConfig, folds: int = 10, seed: int = 0) -> float:
+def cv_rank_correlation(curves: list[Curve], space: SpaceConfig, folds: int = 5, seed: int = 0) -> float:
     """Spearman correlation of held-out trials' predicted and observed last values (by-trial CV)."""
     from scipy.stats import spearmanr
 
@@ -92,7 +102,7 @@ def cv_rank_correlation(curves: list[Curve], space: SpaceConfig, folds: int = 10
     folds = min(folds, len(curves))
     predicted, observed = [], []
     for f in range(folds):
-        model = fit([c for j, c in enumerate(shuffled) if j % folds != f], space, seed)
+        model = fit([c for j, c in enumerate(shuffled) if j % folds != f], space, seed, restarts=0)
         for c in shuffled[f::folds]:
             epoch, value = c.points[-1]
             predicted.append(float(model.predict([c.config], epoch)[0][0]))
@@ -148,7 +158,7 @@ def analyse(curves: list[Curve], space: SpaceConfig, epochs: int, seed: int = 0,
     return {
         "model": "gaussian_process",
         "trials": len(curves),
-        "results": sum(len(c.points) for c in curves),
+        "results": sum(len(c.points) for c in curves),  # of which at most POINTS_PER_TRIAL per trial are fit
         "cv_rank_correlation": round(rho, 4),
         "proposal": proposals[0],
         "proposals": proposals,
