@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -46,14 +47,27 @@ SCHEMA = pa.schema(
 )
 
 
+# File corpora also store each row's token ids (``<bos> prompt answer <eos>``) and the length of
+# its prompt part, made once by prepare with the trial model's tokenizer.
+TOKEN_SCHEMA = pa.schema([*SCHEMA, ("ids", pa.list_(pa.int32())), ("prompt_len", pa.int32())])
+
+
 class PoolError(RuntimeError):
     """A pool that is missing, incomplete or inconsistent."""
 
 
 @dataclass(frozen=True)
 class DomainStats:
+    """One domain of one split. ``instructions`` counts distinct tasks (for the built-in corpus a
+    rule is a task); examples per task and the entropy (bits) of rows over tasks show how evenly
+    the rows are spread."""
+
     rows: int
     instructions: int
+    examples_min: int = 0
+    examples_median: float = 0.0
+    examples_max: int = 0
+    entropy: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -66,8 +80,13 @@ class Manifest:
     content_hash: str  # hash of the rows themselves, in a canonical order
     train: dict[str, DomainStats]
     unseen: dict[str, DomainStats]
-    examples_per_rule: int
+    examples_per_rule: int  # the most examples any task has
     created: str
+    dropped: dict[str, int] = field(default_factory=dict)  # rows dropped, by reason
+    faults: list[str] = field(default_factory=list)  # the first bad rows, file:line: reason
+    unseen_tasks: list[str] = field(default_factory=list)  # the tasks held out (files corpora)
+    top_terms: dict[str, list[str]] = field(default_factory=dict)  # clustered domains' top terms
+    files: list[str] = field(default_factory=list)
 
     @property
     def domains(self) -> list[str]:
@@ -92,12 +111,25 @@ class Manifest:
 
 
 def spec_hash(cfg: Config) -> str:
-    """Hash of everything that determines the pool's content."""
-    spec = {
-        "source": cfg.corpus.source,
-        "params": cfg.corpus.string_rewrite.model_dump(mode="json"),
-        "generator_version": corpus.GENERATOR_VERSION,
-    }
+    """Hash of everything that determines the pool's content (for files: their paths, sizes and
+    modification times, so an edited file makes a new pool)."""
+    if cfg.corpus.source == "files":
+        from search.ingest import list_files
+
+        fc = cfg.corpus.files
+        stamps = [(p, os.path.getsize(p), os.stat(p).st_mtime_ns) for p, _ in list_files(fc)]
+        if fc.unseen.tasks_file and os.path.exists(os.path.expanduser(fc.unseen.tasks_file)):
+            t = os.path.expanduser(fc.unseen.tasks_file)
+            stamps.append((os.path.abspath(t), os.path.getsize(t), os.stat(t).st_mtime_ns))
+        # Token ids are stored, so the tokenizer and the length limit are part of the spec.
+        tokens = {"tokenizer": cfg.model.pretrained or "char", "max_length": cfg.model.max_length}
+        spec = {"source": "files", "params": fc.model_dump(mode="json"), "files": stamps, "tokens": tokens, "version": 1}
+    else:
+        spec = {
+            "source": cfg.corpus.source,
+            "params": cfg.corpus.string_rewrite.model_dump(mode="json"),
+            "generator_version": corpus.GENERATOR_VERSION,
+        }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -122,7 +154,9 @@ def read_split(pool: Path, split: str, domain: str | None = None, filter=None) -
     """Read a split (optionally one domain) with pyarrow, sorted by (domain, rule_idx, example_idx)."""
     base = pool / split
     if domain is not None:
-        ds = pads.dataset(base / f"domain={domain}", format="parquet", schema=SCHEMA)
+        found = pads.dataset(base / f"domain={domain}", format="parquet")
+        ds = pads.dataset(base / f"domain={domain}", format="parquet",
+                          schema=TOKEN_SCHEMA if "ids" in found.schema.names else SCHEMA)
         table = ds.to_table(filter=filter)
         table = table.append_column("domain", pa.array([domain] * table.num_rows, pa.string()))
     else:
@@ -133,12 +167,21 @@ def read_split(pool: Path, split: str, domain: str | None = None, filter=None) -
 
 
 def domain_stats(table: pa.Table) -> dict[str, DomainStats]:
-    """Per domain: rows and distinct instructions of a table with a ``domain`` column."""
-    out = {}
-    for domain in sorted(set(table.column("domain").to_pylist())):
-        rows = table.filter(pa.compute.equal(table["domain"], domain))
-        out[domain] = DomainStats(rows=rows.num_rows, instructions=len(set(rows["instruction"].to_pylist())))
-    return out
+    """Per domain of a table with ``domain`` and ``instruction`` columns: rows, distinct
+    instructions, examples per instruction (min, median, max) and their entropy."""
+    import statistics
+
+    from search.ingest import entropy
+
+    counts = table.group_by(["domain", "instruction"]).aggregate([("instruction", "count")]).to_pylist()
+    per: dict[str, list[int]] = {}
+    for row in counts:
+        per.setdefault(row["domain"], []).append(row["instruction_count"])
+    return {
+        d: DomainStats(rows=sum(c), instructions=len(c), examples_min=min(c), examples_median=float(statistics.median(c)),
+                       examples_max=max(c), entropy=round(entropy(c), 4))
+        for d, c in sorted(per.items())
+    }
 
 
 def _content_hash(tables: dict[str, pa.Table]) -> str:
@@ -156,8 +199,6 @@ def prepare(cfg: Config, *, force: bool = False) -> Path:
 
     Requires Ray to be initialised. Returns the pool directory.
     """
-    import ray
-
     final = pool_path(cfg)
     want = spec_hash(cfg)
     if (final / MANIFEST).exists() and not force:
@@ -167,38 +208,11 @@ def prepare(cfg: Config, *, force: bool = False) -> Path:
             return final
         raise PoolError(f"{final}: holds a pool of another spec ({manifest.spec_hash[:12]}); remove it")
 
-    params = cfg.corpus.string_rewrite.params()
-    rules = corpus.generate_rules(params)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
         started = time.time()
-        for split in SPLITS:
-            items = [
-                {"domain": r.domain, "pattern": r.pattern, "replacement": r.replacement,
-                 "split": r.split, "rule_idx": r.rule_idx}
-                for r in rules
-                if r.split == split
-            ]
-            # Blocks are contiguous runs of rules in id order, so each written file holds a
-            # contiguous rule_idx range of one domain: row-group statistics then prune reads.
-            ds = ray.data.from_items(items, override_num_blocks=max(1, min(16, len(items) // 500)))
-            ds = ds.map_batches(_expand, fn_kwargs={"params": params}, batch_format="numpy")
-            ds.write_parquet(str(tmp / split), partition_cols=["domain"], row_group_size=2048)
-        tables = {split: read_split(tmp, split) for split in SPLITS}
-        overlap = set(tables["train"]["instruction"].to_pylist()) & set(tables["unseen"]["instruction"].to_pylist())
-        if overlap:
-            raise PoolError(f"unseen instructions occur in the pool: {sorted(overlap)[:5]}")
-        manifest = Manifest(
-            source=cfg.corpus.source,
-            params=cfg.corpus.string_rewrite.model_dump(mode="json"),
-            spec_hash=want,
-            content_hash=_content_hash(tables),
-            train=domain_stats(tables["train"]),
-            unseen=domain_stats(tables["unseen"]),
-            examples_per_rule=params.examples_per_rule,
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        )
+        manifest = _write_files(cfg, tmp, want) if cfg.corpus.source == "files" else _write_string_rewrite(cfg, tmp, want)
         (tmp / MANIFEST).write_text(manifest.to_json())
         if final.exists():
             shutil.rmtree(final)
@@ -208,3 +222,58 @@ def prepare(cfg: Config, *, force: bool = False) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _write_files(cfg: Config, tmp: Path, want: str) -> Manifest:
+    from search.ingest import prepare_files
+
+    fc = cfg.corpus.files
+    done = prepare_files(fc, tmp, TOKEN_SCHEMA, cfg.model.model_dump())
+    for scratch in ("_stage", "_clean"):
+        shutil.rmtree(tmp / scratch, ignore_errors=True)
+    for split in SPLITS:  # an empty split still has its folder, so readers find it
+        (tmp / split).mkdir(exist_ok=True)
+    return Manifest(
+        source="files", params=fc.model_dump(mode="json"), spec_hash=want, content_hash=done.content_hash,
+        train={d: DomainStats(**s) for d, s in done.stats["train"].items()},
+        unseen={d: DomainStats(**s) for d, s in done.stats["unseen"].items()},
+        examples_per_rule=done.examples_per_task, created=_now(), dropped=done.dropped,
+        faults=done.first_faults, unseen_tasks=done.unseen_tasks, top_terms=done.top_terms, files=done.files,
+    )
+
+
+def _write_string_rewrite(cfg: Config, tmp: Path, want: str) -> Manifest:
+    import ray
+
+    params = cfg.corpus.string_rewrite.params()
+    rules = corpus.generate_rules(params)
+    for split in SPLITS:
+        items = [
+            {"domain": r.domain, "pattern": r.pattern, "replacement": r.replacement,
+             "split": r.split, "rule_idx": r.rule_idx}
+            for r in rules
+            if r.split == split
+        ]
+        # Blocks are contiguous runs of rules in id order, so each written file holds a
+        # contiguous rule_idx range of one domain: row-group statistics then prune reads.
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(16, len(items) // 500)))
+        ds = ds.map_batches(_expand, fn_kwargs={"params": params}, batch_format="numpy")
+        ds.write_parquet(str(tmp / split), partition_cols=["domain"], row_group_size=2048)
+    tables = {split: read_split(tmp, split) for split in SPLITS}
+    overlap = set(tables["train"]["instruction"].to_pylist()) & set(tables["unseen"]["instruction"].to_pylist())
+    if overlap:
+        raise PoolError(f"unseen instructions occur in the pool: {sorted(overlap)[:5]}")
+    return Manifest(
+        source=cfg.corpus.source,
+        params=cfg.corpus.string_rewrite.model_dump(mode="json"),
+        spec_hash=want,
+        content_hash=_content_hash(tables),
+        train=domain_stats(tables["train"]),
+        unseen=domain_stats(tables["unseen"]),
+        examples_per_rule=params.examples_per_rule,
+        created=_now(),
+    )

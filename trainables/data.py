@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import torch
 
-PROMPT = "{instruction}|{input}="
+from trainables.tokenizer import PROMPT, tokenize  # noqa: F401 (PROMPT re-exported)
+
 IGNORE = -100
 
 
@@ -28,23 +29,21 @@ class Encoded:
         return len(self.ids)
 
 
-def encode(rows: pa.Table, tokenizer, max_length: int) -> Encoded:
-    """Tokenize rows once; rows longer than max_length raise (the config must fit its corpus)."""
-    instructions = rows["instruction"].to_pylist()
-    inputs = rows["input"].to_pylist()
-    prompts = [PROMPT.format(instruction=i, input=x) for i, x in zip(instructions, inputs)]
-    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    a_ids = tokenizer(rows["output"].to_pylist(), add_special_tokens=False)["input_ids"]
-    # Tokenizers without a BOS token (many pretrained ones) start at the prompt.
-    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
-    eos = tokenizer.eos_token_id
+def encode(rows: pa.Table, tokenizer, max_length: int, prompt: str = PROMPT) -> Encoded:
+    """Token tensors of rows: the ids stored by prepare when the pool has them (``ids``,
+    ``prompt_len``), else tokenized here. Rows longer than max_length raise (the config must fit
+    its corpus; prepare drops or truncates them for file corpora)."""
+    if "ids" in rows.column_names:
+        seqs, prompt_lens = rows["ids"].to_pylist(), rows["prompt_len"].to_pylist()
+    else:
+        seqs, prompt_lens = tokenize(rows["instruction"].to_pylist(), rows["input"].to_pylist(),
+                                     rows["output"].to_pylist(), tokenizer, prompt)
     ids, labels = [], []
-    for p, a in zip(p_ids, a_ids):
-        seq = [*bos, *p, *a, eos]
+    for seq, n in zip(seqs, prompt_lens):
         if len(seq) > max_length:
             raise ValueError(f"a row of {len(seq)} tokens exceeds model.max_length={max_length}")
         ids.append(torch.tensor(seq))
-        labels.append(torch.tensor([IGNORE] * (len(bos) + len(p)) + [*a, eos]))
+        labels.append(torch.tensor([IGNORE] * n + seq[n:]))
     return Encoded(ids, labels, rows["domain"].to_pylist(), rows["output"].to_pylist())
 
 

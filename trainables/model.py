@@ -6,26 +6,13 @@ so the loading path a trial uses is the real transformers one.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-SPECIALS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<bos>", "eos_token": "<eos>"}
-# Printable ASCII plus tab and newline: enough for the built-in corpus and English text.
-CHARS = [chr(i) for i in range(32, 127)] + ["\t", "\n"]
-
-
-def char_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per character; unknown characters map to ``<unk>``."""
-    vocab = {tok: i for i, tok in enumerate([*SPECIALS.values(), *CHARS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=SPECIALS["unk_token"]))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIALS)
-
+from trainables.tokenizer import _offline, char_tokenizer, load_tokenizer  # noqa: F401 (re-exported)
 
 def build_model(tiny: dict, max_length: int, tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
     """A randomly initialised GPT-2 of the configured size (no dropout: resumes are exact)."""
@@ -55,22 +42,16 @@ def load(model_cfg: dict):
     downloaded. Weights load in fp32 (bf16 is autocast on GPUs). ``lora`` wraps the model in
     peft adapters and freezes the rest.
     """
+    tokenizer = load_tokenizer(model_cfg)
     if model_cfg.get("pretrained"):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         source, trust = model_cfg["pretrained"], bool(model_cfg.get("trust_remote_code"))
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust, local_files_only=offline)
         model = AutoModelForCausalLM.from_pretrained(
-            source, trust_remote_code=trust, local_files_only=offline, dtype=torch.float32
+            source, trust_remote_code=trust, local_files_only=_offline(), dtype=torch.float32
         )
-        if tokenizer.pad_token_id is None:  # many causal LMs ship none; any id works under right padding
-            tokenizer.pad_token = tokenizer.eos_token
     else:
-        tokenizer = char_tokenizer()
         model = build_model(model_cfg["tiny"], model_cfg["max_length"], tokenizer)
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"{model_cfg.get('pretrained')}: the tokenizer has no end-of-sequence token")
     if model_cfg.get("lora"):
         from peft import LoraConfig, get_peft_model
 

@@ -1,0 +1,560 @@
+"""Stage 1, corpus from files: the user's instruction data, read, cleaned and split by task.
+
+Three passes, each streaming (no pass holds more than one chunk or one bucket in memory):
+
+1. parse (Ray Data): files are cut into chunks (byte ranges of JSONL/CSV files, row groups of
+   Parquet, whole JSON arrays and Arrow files); each chunk becomes rows with normalized keys: the
+   task (a task column, or the hash of the normalized instruction), a duplicate key, a bucket (a
+   hash of the task). Faulty rows (malformed JSON, missing columns, wrong types, bytes that are
+   not UTF-8) become fault records with their file and line. Rows are written by bucket.
+2. clean (a Ray task per bucket): empty instructions or outputs dropped, exact duplicates
+   (normalized instruction + input + output) dropped, each counted by reason; every task's rows
+   counted. A task lives in one bucket, so this is exact and its memory is one bucket's.
+3. place (a Ray task per bucket): once the driver has decided each task's domain, split and
+   rule index from the (small) task table, rows are written to the pool's layout.
+
+Row-level faults are skipped and counted (the first few logged with file and line) unless the
+config says ``strict``; file-level faults (no such file, an unreadable file, a corrupt Parquet,
+an empty corpus, a split that cannot be made) are errors that name the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from search.config import ConfigError, FilesConfig
+
+log = logging.getLogger(__name__)
+
+# Small units of work: two cores stay busy, and a task holds little (tokenized rows are many
+# Python ints, ~20x the bytes of the text).
+CHUNK_BYTES = 4 << 20
+BUCKET_BYTES = 4 << 20
+TOKENIZE_ROWS = 20_000
+FAULTS_LOGGED = 5
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+
+STAGE_SCHEMA = pa.schema([
+    ("task", pa.string()), ("task_key", pa.string()), ("domain", pa.string()),
+    ("instruction", pa.string()), ("input", pa.string()), ("output", pa.string()),
+    ("dup_key", pa.string()), ("file", pa.int32()), ("line", pa.int64()), ("fault", pa.string()),
+    ("bucket", pa.int32()),
+])
+
+
+class IngestError(ConfigError):
+    """Input that cannot be prepared; the message names the file (and line)."""
+
+
+def normalize(text: str) -> str:
+    """Case-folded text with runs of whitespace as one space: what makes two instructions one."""
+    return " ".join(text.split()).casefold()
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
+
+
+# ------------------------------------------------------------------ files and chunks
+
+def list_files(cfg: FilesConfig) -> list[tuple[str, str]]:
+    """(path, format) of every input file, globs expanded, in a stable order."""
+    out: list[tuple[str, str]] = []
+    for pattern in cfg.paths:
+        path = Path(os.path.expanduser(pattern))
+        if path.is_dir():
+            out.extend(_dataset_dir(path))
+            continue
+        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        if not matches:
+            raise IngestError(f"{pattern}: no such file")
+        for m in matches:
+            fmt = FORMATS.get(Path(m).suffix.lower())
+            if fmt is None:
+                raise IngestError(f"{m}: unknown format (expected one of {sorted(FORMATS)})")
+            out.append((str(Path(m).resolve()), fmt))
+    return out
+
+
+def _dataset_dir(path: Path) -> list[tuple[str, str]]:
+    """A folder written by ``datasets.Dataset.save_to_disk`` (Arrow stream files), or a folder of
+    data files."""
+    state = path / "state.json"
+    if state.is_file():
+        files = [f["filename"] for f in json.loads(state.read_text()).get("_data_files", [])]
+        return [(str((path / f).resolve()), "arrow") for f in files]
+    found = sorted(p for p in path.rglob("*") if p.suffix.lower() in FORMATS and p.name != "dataset_info.json")
+    if not found:
+        raise IngestError(f"{path}: a folder with no data files (and no datasets state.json)")
+    return [(str(p.resolve()), FORMATS[p.suffix.lower()]) for p in found]
+
+
+def chunks(files: list[tuple[str, str]]) -> list[dict]:
+    """Work items for the parse pass: byte ranges cut at line ends, row groups, whole files."""
+    out = []
+    for index, (path, fmt) in enumerate(files):
+        if fmt in ("jsonl", "csv"):
+            size = os.path.getsize(path)
+            if fmt == "csv":  # quoted fields may hold newlines: a CSV is one chunk
+                out.append({"file": index, "path": path, "fmt": fmt, "start": 0, "end": size, "line": 1})
+                continue
+            start, line = 0, 1
+            with open(path, "rb") as f:
+                while start < size:
+                    f.seek(min(start + CHUNK_BYTES, size))
+                    f.readline()  # to the end of the line the cut fell in
+                    end = min(f.tell(), size)
+                    out.append({"file": index, "path": path, "fmt": fmt, "start": start, "end": end, "line": line})
+                    f.seek(start)
+                    line += f.read(end - start).count(b"\n")
+                    start = end
+        elif fmt == "parquet":
+            try:
+                groups = pq.ParquetFile(path).num_row_groups
+            except Exception as e:
+                raise IngestError(f"{path}: not a readable Parquet file: {e}") from None
+            out.extend({"file": index, "path": path, "fmt": fmt, "start": g, "end": g + 1, "line": 0}
+                       for g in range(groups))
+        else:
+            out.append({"file": index, "path": path, "fmt": fmt, "start": 0, "end": 0, "line": 1})
+    return out
+
+
+# ------------------------------------------------------------------ pass 1: parse
+
+@dataclass
+class _Rows:
+    cols: dict[str, list] = field(default_factory=lambda: {n: [] for n in STAGE_SCHEMA.names})
+
+    def fault(self, file: int, line: int, reason: str, buckets: int) -> None:
+        for n in STAGE_SCHEMA.names:
+            self.cols[n].append(None)
+        self.cols["file"][-1], self.cols["line"][-1], self.cols["fault"][-1] = file, line, reason
+        self.cols["bucket"][-1] = line % buckets  # counted by whichever clean task reads that bucket
+
+    def add(self, record, file: int, line: int, columns, buckets: int) -> None:
+        if not isinstance(record, dict):
+            return self.fault(file, line, "not_an_object", buckets)
+        values = {}
+        for role in ("instruction", "input", "output", "domain", "task"):
+            name = getattr(columns, role)
+            v = record.get(name)
+            if v is None and role == "domain":
+                v = record.get("category")
+            if v is None:
+                if role in ("instruction", "output"):
+                    return self.fault(file, line, f"missing_column:{name}", buckets)
+                v = "" if role == "input" else None
+            elif isinstance(v, (int, float)) and not isinstance(v, bool) and role in ("input", "output"):
+                v = str(v)  # a numeric answer is still an answer
+            elif not isinstance(v, str):
+                return self.fault(file, line, f"wrong_type:{name}", buckets)
+            values[role] = v
+        key = _digest(normalize(values["instruction"]))
+        task = values["task"] if values["task"] is not None else key
+        dup = _digest("\x1f".join(normalize(values[r]) for r in ("instruction", "input", "output")))
+        row = {**values, "task": task, "task_key": key, "dup_key": dup, "file": file, "line": line, "fault": None,
+               "bucket": int(_digest(task)[:8], 16) % buckets}
+        for n in STAGE_SCHEMA.names:
+            self.cols[n].append(row[n])
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_pydict(self.cols, schema=STAGE_SCHEMA)
+
+
+def _records(chunk: dict):
+    """(line, record or a fault reason) of one chunk."""
+    path, fmt = chunk["path"], chunk["fmt"]
+    if fmt == "jsonl":
+        with open(path, "rb") as f:
+            f.seek(chunk["start"])
+            data = f.read(chunk["end"] - chunk["start"])
+        for i, raw in enumerate(data.split(b"\n")):
+            if not raw.strip():
+                continue
+            try:
+                yield chunk["line"] + i, json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                yield chunk["line"] + i, "not_utf8"
+            except json.JSONDecodeError:
+                yield chunk["line"] + i, "malformed_json"
+    elif fmt == "csv":
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", errors="surrogateescape")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        for record in reader:
+            line = reader.line_num
+            if any(isinstance(v, str) and re.search("[\udc80-\udcff]", v) for v in record.values()):
+                yield line, "not_utf8"
+            elif None in record:  # more fields than the header names
+                yield line, "malformed_csv"
+            else:
+                yield line, record
+    elif fmt == "json":
+        try:
+            with open(path, "rb") as f:
+                items = json.loads(f.read().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise IngestError(f"{path}: not a JSON array: {e}") from None
+        if not isinstance(items, list):
+            raise IngestError(f"{path}: expected a JSON array of objects, got {type(items).__name__}")
+        for i, record in enumerate(items, 1):
+            yield i, record  # the item's position stands for its line
+    else:
+        try:
+            if fmt == "parquet":
+                table = pq.ParquetFile(path).read_row_group(chunk["start"])
+                offset = sum(pq.ParquetFile(path).metadata.row_group(g).num_rows for g in range(chunk["start"]))
+            else:
+                with pa.memory_map(path) as source:
+                    table = pa.ipc.open_stream(source).read_all()
+                offset = 0
+        except Exception as e:
+            raise IngestError(f"{path}: not readable as {fmt}: {e}") from None
+        for i, record in enumerate(table.to_pylist(), offset + 1):
+            yield i, record  # the row's number stands for its line
+
+
+def parse(batch: dict, columns, buckets: int) -> pa.Table:
+    """Ray Data batch function: chunk descriptors in, stage rows (and fault records) out."""
+    rows = _Rows()
+    for i in range(len(batch["path"])):
+        chunk = {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
+        for line, record in _records(chunk):
+            if isinstance(record, str):
+                rows.fault(chunk["file"], line, record, buckets)
+            else:
+                rows.add(record, chunk["file"], line, columns, buckets)
+    return rows.table()
+
+
+# ------------------------------------------------------------------ pass 2: clean
+
+def clean(stage: str, bucket: int, out: str, tokens: dict) -> dict:
+    """Drop faults, empty rows and duplicates of one bucket, tokenize it (dropping or truncating
+    rows longer than the model takes), write it; return the counts and its tasks.
+
+    ``tokens``: ``model`` (the config's model section), ``prompt``, ``truncate``.
+    """
+    path = Path(stage) / f"bucket={bucket}"
+    if not path.exists():
+        return {"dropped": {}, "faults": [], "tasks": []}
+    table = pads.dataset(path, format="parquet").to_table()
+    table = table.sort_by([("file", "ascending"), ("line", "ascending")])
+    dropped: Counter = Counter()
+    is_fault = pc.is_valid(table["fault"])
+    faults = table.filter(is_fault)
+    dropped.update(faults["fault"].to_pylist())
+    first_faults = faults.select(["file", "line", "fault"]).slice(0, FAULTS_LOGGED).to_pylist()
+    table = table.filter(pc.invert(is_fault))
+    for col in ("instruction", "output"):
+        empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table[col])), 0)
+        dropped[f"empty_{col}"] += pc.sum(empty).as_py() or 0
+        table = table.filter(pc.invert(empty))
+    seen, keep = set(), []
+    for key in table["dup_key"].to_pylist():
+        keep.append(key not in seen)
+        seen.add(key)
+    dropped["duplicate"] += keep.count(False)
+    table = table.filter(pa.array(keep, pa.bool_()))
+    table, too_long = _tokens(table, tokens)
+    dropped["too_long"] += too_long
+    pq.write_table(table, f"{out}/bucket-{bucket:05d}.parquet")
+    tasks = table.group_by("task").aggregate([("task_key", "min"), ("task_key", "count_distinct"),
+                                              ("domain", "min"), ("instruction", "min"), ("file", "count")])
+    return {"dropped": {k: v for k, v in dropped.items() if v}, "faults": first_faults,
+            "tasks": tasks.rename_columns(["task", "task_key", "instructions", "domain", "instruction", "rows"]).to_pylist()}
+
+
+def _tokens(table: pa.Table, tokens: dict) -> tuple[pa.Table, int]:
+    """Append ``ids`` and ``prompt_len``; drop rows over max_length, or cut their prompts to fit
+    (keeping its start) when ``truncate`` is set and the answer alone fits."""
+    from trainables.tokenizer import load_tokenizer, tokenize
+
+    model = tokens["model"]
+    limit = model["max_length"]
+    # One thread per task: Ray already runs a task per core, and the tokenizer's own thread pool
+    # on top of that only makes them fight (set before the pool first starts in this process).
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")
+    tokenizer = load_tokenizer(model)
+    parts, dropped = [], 0
+    for start in range(0, table.num_rows, TOKENIZE_ROWS):  # in slices: Python lists of ids are big
+        part = table.slice(start, TOKENIZE_ROWS)
+        seqs, prompt_lens = tokenize(part["instruction"].to_pylist(), part["input"].to_pylist(),
+                                     part["output"].to_pylist(), tokenizer, tokens["prompt"])
+        keep = []
+        for i, (seq, n) in enumerate(zip(seqs, prompt_lens)):
+            over = len(seq) - limit
+            if over > 0 and tokens["truncate"] and n - over >= 1:
+                seqs[i], prompt_lens[i] = seq[: n - over] + seq[n:], n - over
+                over = 0
+            keep.append(over <= 0)
+        part = part.append_column("ids", pa.array(seqs, pa.list_(pa.int32())))
+        part = part.append_column("prompt_len", pa.array(prompt_lens, pa.int32()))
+        parts.append(part.filter(pa.array(keep, pa.bool_())))
+        dropped += keep.count(False)
+    return (pa.concat_tables(parts) if parts else table.append_column("ids", pa.array([], pa.list_(pa.int32())))
+            .append_column("prompt_len", pa.array([], pa.int32()))), dropped
+
+
+# ------------------------------------------------------------------ the task table: domains and split
+
+def cluster_domains(instructions: list[str], k: int, seed: int) -> tuple[list[str], dict[str, list[str]]]:
+    """TF-IDF + k-means over instructions: each one's domain, and each domain's top terms."""
+    from sklearn.cluster import KMeans
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    if len(instructions) < k:
+        raise IngestError(f"corpus.files.domains.clusters = {k}, but the corpus has only {len(instructions)} tasks")
+    vec = TfidfVectorizer(stop_words="english", max_features=20000, sublinear_tf=True)
+    x = vec.fit_transform(instructions)
+    km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(x)
+    terms = vec.get_feature_names_out()
+    names = [f"cluster{i}" for i in range(k)]
+    top = {names[i]: [str(terms[j]) for j in km.cluster_centers_[i].argsort()[::-1][:8]] for i in range(k)}
+    return [names[c] for c in km.labels_], top
+
+
+def unseen_tasks(cfg: FilesConfig, tasks: list[dict]) -> set[str]:
+    """The names of the tasks held out, by the configured rule."""
+    rule = cfg.unseen
+    names = {t["task"] for t in tasks}
+    if rule.tasks is not None or rule.tasks_file is not None:
+        if rule.tasks is not None:
+            wanted, where = list(rule.tasks), "corpus.files.unseen.tasks"
+        else:
+            try:
+                text = Path(os.path.expanduser(rule.tasks_file)).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise IngestError(f"{rule.tasks_file}: cannot read the unseen task list: {e}") from None
+            wanted = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+            where = rule.tasks_file
+        missing = [t for t in wanted if t not in names]
+        if len(missing) == len(wanted):
+            raise IngestError(f"{where}: none of its {len(wanted)} tasks is in the corpus (e.g. {missing[:3]})")
+        if missing:
+            log.warning("%s: %d listed tasks are not in the corpus, e.g. %s", where, len(missing), missing[:3])
+        return set(wanted) & names
+    by_domain: dict[str, list[str]] = {}
+    for t in sorted(tasks, key=lambda t: t["task"]):
+        by_domain.setdefault(t["domain"], []).append(t["task"])
+    if rule.domains is not None:
+        missing = [d for d in rule.domains if d not in by_domain]
+        if missing:
+            raise IngestError(f"corpus.files.unseen.domains: {missing} are not domains of the corpus ({sorted(by_domain)})")
+        return {t for d in rule.domains for t in by_domain[d]}
+    out = set()
+    rng = random.Random(cfg.seed)
+    for domain, names_ in sorted(by_domain.items()):
+        n = round(rule.fraction * len(names_))
+        if n < 1 or n >= len(names_):
+            raise IngestError(
+                f"corpus.files.unseen.fraction = {rule.fraction}: domain {domain!r} has {len(names_)} tasks, "
+                "too few to hold out a fraction and keep some for training"
+            )
+        out.update(rng.sample(names_, n))
+    return out
+
+
+def entropy(counts: list[int]) -> float:
+    """Shannon entropy (bits) of the distribution of rows over tasks."""
+    total = sum(counts)
+    return max(0.0, -sum(c / total * math.log2(c / total) for c in counts if c)) if total else 0.0
+
+
+# ------------------------------------------------------------------ pass 3: place
+
+def place(clean_file: str, assign: dict[str, tuple[str, str, int]], out: str, schema: pa.Schema) -> None:
+    """Write one cleaned bucket into the pool layout: split/domain=<d>/, sorted by rule, example."""
+    table = pq.read_table(clean_file)
+    if table.num_rows == 0:
+        return
+    tasks = table["task"].to_pylist()
+    split = [assign[t][0] for t in tasks]
+    domain = [assign[t][1] for t in tasks]
+    rule = [assign[t][2] for t in tasks]
+    position: Counter = Counter()
+    example = []
+    for t in tasks:  # rows are in (file, line) order: examples numbered in reading order
+        example.append(position[t])
+        position[t] += 1
+    table = pa.table({
+        "task": table["task"], "rule_idx": pa.array(rule, pa.int32()), "example_idx": pa.array(example, pa.int32()),
+        "instruction": table["instruction"], "input": table["input"], "output": table["output"],
+        "ids": table["ids"], "prompt_len": table["prompt_len"], "split": split, "domain": domain,
+    })
+    name = Path(clean_file).stem
+    for (s, d), part in _groups(table, ["split", "domain"]):
+        part = part.sort_by([("rule_idx", "ascending"), ("example_idx", "ascending")]).select(schema.names)
+        target = Path(out) / s / f"domain={d}"
+        target.mkdir(parents=True, exist_ok=True)
+        pq.write_table(part.cast(schema), target / f"{name}.parquet", row_group_size=2048)
+
+
+def _groups(table: pa.Table, keys: list[str]):
+    combos = table.select(keys).group_by(keys).aggregate([]).to_pylist()
+    for combo in combos:
+        mask = None
+        for k in keys:
+            m = pc.equal(table[k], combo[k])
+            mask = m if mask is None else pc.and_(mask, m)
+        yield tuple(combo[k] for k in keys), table.filter(mask)
+
+
+# ------------------------------------------------------------------ the whole preparation
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the manifest records of a files corpus, beside the rows written under ``tmp``."""
+
+    stats: dict[str, dict[str, dict]]  # split -> domain -> DomainStats fields
+    dropped: dict[str, int]
+    first_faults: list[str]
+    unseen_tasks: list[str]
+    top_terms: dict[str, list[str]]
+    examples_per_task: int
+    content_hash: str
+    files: list[str]
+
+
+def _user_error(e: BaseException) -> IngestError | None:
+    """The IngestError a Ray task raised. Ray Data wraps a function's exception in ones of its
+    own and keeps the original only as text in the traceback, so look there too."""
+    seen, x = set(), e
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        if isinstance(x, IngestError):
+            return x
+        x = getattr(x, "cause", None) or x.__cause__ or x.__context__
+    found = re.search(r"IngestError: (.+)", str(e))
+    return IngestError(found.group(1).strip()) if found else None
+
+
+def _domain_name(name: str) -> str:
+    # A domain is a folder name (domain=<name>): no path separators, no '='.
+    return re.sub(r"[/\\=]", "-", name.strip()) or "none"
+
+
+def prepare_files(cfg: FilesConfig, tmp: Path, pool_schema: pa.Schema, model: dict) -> Prepared:
+    """Read, clean, tokenize (with ``model``'s tokenizer), split and write a files corpus under
+    ``tmp`` (train/ and unseen/)."""
+    import ray
+
+    files = list_files(cfg)
+    total = sum(os.path.getsize(p) for p, _ in files)
+    if total == 0:
+        raise IngestError(f"{', '.join(cfg.paths)}: the corpus is empty (0 bytes)")
+    items = chunks(files)
+    buckets = max(2, math.ceil(total / BUCKET_BYTES))
+    stage, cleaned = tmp / "_stage", tmp / "_clean"
+    cleaned.mkdir(parents=True)
+    began = time.perf_counter()
+    try:
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map_batches(parse, fn_kwargs={"columns": cfg.columns, "buckets": buckets},
+                            batch_size=1, batch_format="numpy")
+        ds.write_parquet(str(stage), partition_cols=["bucket"])
+        log.info("parsed %d chunks into %d buckets in %.1fs", len(items), buckets, time.perf_counter() - began)
+        clean_remote = ray.remote(clean)
+        tokens = {"model": model, "prompt": cfg.prompt, "truncate": cfg.truncate}
+        results = ray.get([clean_remote.remote(str(stage), b, str(cleaned), tokens) for b in range(buckets)])
+    except Exception as e:
+        user = _user_error(e)
+        if user is not None:
+            raise IngestError(str(user)) from None
+        raise
+
+    log.info("cleaned and tokenized in %.1fs", time.perf_counter() - began)
+    dropped: Counter = Counter()
+    faults, tasks = [], []
+    for r in results:
+        dropped.update(r["dropped"])
+        faults.extend(r["faults"])
+        tasks.extend(r["tasks"])
+    names = [p for p, _ in files]
+    faults.sort(key=lambda f: (f["file"], f["line"]))
+    first = [f"{names[f['file']]}:{f['line']}: {f['fault']}" for f in faults[:FAULTS_LOGGED]]
+    bad = {k: v for k, v in dropped.items() if not k.startswith(("empty_", "duplicate", "too_long"))}
+    if bad and cfg.strict:
+        raise IngestError(f"{first[0]} (and {sum(bad.values()) - 1} more bad rows; strict is on)")
+    if bad:
+        log.warning("skipped %d bad rows (%s); first: %s", sum(bad.values()),
+                    ", ".join(f"{k} {v}" for k, v in sorted(bad.items())), "; ".join(first))
+    if not tasks:
+        raise IngestError(f"{', '.join(cfg.paths)}: no usable rows (dropped: {dict(dropped) or 'none'})")
+
+    # Domains: from the column, or clustered from the instructions.
+    tasks.sort(key=lambda t: t["task"])
+    top_terms: dict[str, list[str]] = {}
+    if cfg.domains.clusters:
+        labels, top_terms = cluster_domains([t["instruction"] for t in tasks], cfg.domains.clusters, cfg.seed)
+        for t, d in zip(tasks, labels):
+            t["domain"] = d
+    else:
+        unlabelled = [t["task"] for t in tasks if t["domain"] is None]
+        if unlabelled:
+            raise IngestError(
+                f"{names[0]}: no domain in column {cfg.columns.domain!r} (or 'category') for {len(unlabelled)} "
+                f"tasks, e.g. {unlabelled[:3]}; name the column in corpus.files.columns.domain, or derive "
+                "domains with corpus.files.domains.clusters: k"
+            )
+        for t in tasks:
+            t["domain"] = _domain_name(t["domain"])
+
+    # The split, by task; then the proof that no unseen instruction is in the pool.
+    held = unseen_tasks(cfg, tasks)
+    train_keys = {t["task_key"]: t["task"] for t in tasks if t["task"] not in held}
+    if not train_keys:
+        raise IngestError("the unseen split takes every task: nothing is left to train on")
+    clash = [(t["task"], train_keys[t["task_key"]]) for t in tasks if t["task"] in held and t["task_key"] in train_keys]
+    if clash:
+        raise IngestError(
+            f"unseen task {clash[0][0]!r} has the same normalized instruction as training task {clash[0][1]!r} "
+            f"({len(clash)} such tasks): hold both out or neither"
+        )
+    rng = random.Random(cfg.seed)
+    assign: dict[str, tuple[str, str, int]] = {}
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for t in tasks:
+        groups.setdefault(("unseen" if t["task"] in held else "train", t["domain"]), []).append(t)
+    for (split, domain), members in sorted(groups.items()):
+        rng.shuffle(members)  # rule ids in random order: any prefix is a random subset
+        for i, t in enumerate(members):
+            assign[t["task"]] = (split, domain, i)
+
+    place_remote = ray.remote(place)
+    ref = ray.put(assign)
+    ray.get([place_remote.remote(str(f), ref, str(tmp), pool_schema) for f in sorted(cleaned.glob("*.parquet"))])
+    log.info("wrote the pool in %.1fs", time.perf_counter() - began)
+
+    stats: dict[str, dict[str, dict]] = {"train": {}, "unseen": {}}
+    for (split, domain), members in sorted(groups.items()):
+        counts = sorted(t["rows"] for t in members)
+        stats[split][domain] = {
+            "rows": sum(counts), "instructions": len(counts), "examples_min": counts[0],
+            "examples_median": float(counts[len(counts) // 2] if len(counts) % 2 else
+                                     (counts[len(counts) // 2 - 1] + counts[len(counts) // 2]) / 2),
+            "examples_max": counts[-1], "entropy": round(entropy(counts), 4),
+        }
+    digest = hashlib.sha256(json.dumps(sorted((t["task"], t["task_key"], t["rows"], assign[t["task"]]) for t in tasks)).encode())
+    return Prepared(stats=stats, dropped=dict(sorted(dropped.items())), first_faults=first,
+                    unseen_tasks=sorted(held), top_terms=top_terms,
+                    examples_per_task=max(t["rows"] for t in tasks), content_hash=digest.hexdigest(), files=names)

@@ -1,0 +1,266 @@
+"""Real corpora: files in every supported format, cleaned, split by task, tokenized, and bad input
+either counted or refused with its file and line, never a half-written pool."""
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from search.config import Config
+from search.ingest import IngestError, normalize
+from search.pool import Manifest, prepare, read_split
+
+SUPERNI = Path(os.environ.get("MIXSEARCH_SUPERNI", Path(__file__).resolve().parents[2] / "shared/corpora/superni_sample"))
+
+
+def config(tmp: Path, files: dict, max_length: int = 256) -> Config:
+    return Config.model_validate({
+        "corpus": {"source": "files", "pool_dir": str(tmp / "pools"), "files": files},
+        "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}, "max_length": max_length},
+    })
+
+
+def rows(n_tasks: int, per_task: int, domains=("math", "text")) -> list[dict]:
+    return [{"instruction": f"Task number {t}: do thing {t}.", "input": f"x{i}", "output": f"y{t}-{i}",
+             "domain": domains[t % len(domains)]}
+            for t in range(n_tasks) for i in range(per_task)]
+
+
+def write_jsonl(path: Path, records: list, extra_lines: list[bytes] = ()) -> Path:
+    with open(path, "wb") as f:
+        for r in records:
+            f.write(json.dumps(r).encode() + b"\n")
+        for line in extra_lines:
+            f.write(line + b"\n")
+    return path
+
+
+def leftovers(tmp: Path) -> list[str]:
+    pools = tmp / "pools"
+    return sorted(p.name for p in pools.iterdir()) if pools.exists() else []
+
+
+@pytest.mark.skipif(not SUPERNI.exists(), reason=f"the SuperNI sample is not at {SUPERNI}")
+def test_superni_sample_with_categories_as_domains_and_its_unseen_tasks_held_out(ray_cluster, tmp_path):
+    train = [json.loads(line) for line in open(SUPERNI / "train.jsonl", encoding="utf-8")]
+    unseen = [json.loads(line) for line in open(SUPERNI / "unseen.jsonl", encoding="utf-8")]
+    held = sorted({r["task"] for r in unseen})
+    cfg = config(tmp_path, {"paths": [str(SUPERNI / "*.jsonl")], "columns": {"domain": "category"},
+                            "unseen": {"tasks": held}}, max_length=4096)
+    pool = prepare(cfg)
+    m = Manifest.load(pool)
+    # The manifest's counts are the files' counts, per category and split.
+    for split, records in (("train", train), ("unseen", unseen)):
+        by_cat = Counter(r["category"] for r in records)
+        tasks_by_cat = {c: Counter(r["task"] for r in records if r["category"] == c) for c in by_cat}
+        stats = getattr(m, split)
+        assert set(stats) == set(by_cat)
+        for cat, n in by_cat.items():
+            s = stats[cat]
+            assert (s.rows, s.instructions) == (n, len(tasks_by_cat[cat]))
+            assert (s.examples_min, s.examples_max) == (min(tasks_by_cat[cat].values()), max(tasks_by_cat[cat].values()))
+    assert m.unseen_tasks == held and m.dropped == {}
+    # No unseen instruction occurs in the pool, and the rows on disk agree with the manifest.
+    t, u = read_split(pool, "train"), read_split(pool, "unseen")
+    assert t.num_rows == len(train) and u.num_rows == len(unseen)
+    assert not {normalize(x) for x in t["instruction"].to_pylist()} & {normalize(x) for x in u["instruction"].to_pylist()}
+    # Token ids were stored once, with the model's tokenizer and the configured prompt.
+    for row in t.slice(0, 50).to_pylist():  # the character tokenizer: one id per character
+        prompt = f"{row['instruction']}\n{row['input']}\n"
+        assert row["prompt_len"] == len(prompt) + 1 and len(row["ids"]) == len(prompt) + len(row["output"]) + 2
+    # Trials use the stored ids: a mixture of this pool encodes without tokenizing again.
+    from search.mixture import Mixture, materialize
+    from trainables.data import encode
+
+    mix = materialize(pool, Mixture({"Program Execution": 0.5, "Mathematics": 0.5}, 6, budget=100, seed=0), m)
+    data = encode(mix, tokenizer=None, max_length=4096)
+    assert len(data) == 100 and all(len(x) == len(y) for x, y in zip(data.ids, data.labels))
+
+
+def test_every_format_and_a_datasets_folder_give_the_same_pool(ray_cluster, tmp_path):
+    records = rows(6, 4)
+    (tmp_path / "in").mkdir()
+    write_jsonl(tmp_path / "in" / "a.jsonl", records[:10])
+    (tmp_path / "in" / "b.json").write_text(json.dumps(records[10:14]))
+    pq.write_table(pa.Table.from_pylist(records[14:18]), tmp_path / "in" / "c.parquet")
+    import csv
+
+    with open(tmp_path / "in" / "d.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(records[0]))
+        w.writeheader()
+        w.writerows(records[18:])
+    by_format = prepare(config(tmp_path, {"paths": [str(tmp_path / "in" / "*")], "unseen": {"fraction": 0.34}}))
+    # The layout datasets.Dataset.save_to_disk writes: Arrow stream files named in state.json.
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    table = pa.Table.from_pylist(records)
+    with pa.OSFile(str(hf / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    (hf / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    (hf / "dataset_info.json").write_text("{}")
+    from_hf = prepare(config(tmp_path / "x", {"paths": [str(hf)], "unseen": {"fraction": 0.34}}))
+    a, b = Manifest.load(by_format), Manifest.load(from_hf)
+    assert a.train == b.train and a.unseen == b.unseen and a.unseen_tasks == b.unseen_tasks
+    assert sum(s.rows for s in a.train.values()) + sum(s.rows for s in a.unseen.values()) == 24
+    assert sum(s.instructions for s in a.unseen.values()) == 2  # a third of each domain's 3 tasks
+
+
+def test_bad_rows_are_counted_with_file_and_line_or_refused_when_strict(ray_cluster, tmp_path):
+    good = rows(4, 3)
+    path = write_jsonl(tmp_path / "c.jsonl", good + [good[0], {**good[1], "input": "  " + good[1]["input"].upper() + " "}], [
+        b'{"instruction": "broken",',                                   # malformed JSON
+        b'{"instruction": "caf\xe9", "output": "x", "domain": "math"}',  # not UTF-8
+        b'{"input": "no instruction", "output": "x", "domain": "math"}',  # missing column
+        b'{"instruction": ["a list"], "output": "x", "domain": "math"}',  # wrong type
+        b'{"instruction": "empty answer", "output": "  ", "domain": "math"}',
+        b'[1, 2]',                                                       # not an object
+    ])
+    files = {"paths": [str(path)], "unseen": {"fraction": 0.5}}
+    m = Manifest.load(prepare(config(tmp_path, files)))
+    assert m.dropped == {"duplicate": 2, "empty_output": 1, "malformed_json": 1, "missing_column:instruction": 1,
+                         "not_an_object": 1, "not_utf8": 1, "wrong_type:instruction": 1}
+    assert m.faults[0] == f"{path}:15: malformed_json" and m.faults[1] == f"{path}:16: not_utf8"
+    assert sum(s.rows for s in m.train.values()) + sum(s.rows for s in m.unseen.values()) == 12
+    # strict: the first bad row is an error naming its file and line; no pool, no temporary left.
+    strict = config(tmp_path / "s", {**files, "strict": True})
+    with pytest.raises(IngestError, match=f"{path}:15: malformed_json"):
+        prepare(strict)
+    assert leftovers(tmp_path / "s") == []
+
+
+@pytest.mark.parametrize("case", ["missing_file", "empty_corpus", "nothing_usable", "few_tasks", "no_domain",
+                                  "unknown_unseen", "bad_json_array", "shared_instruction"])
+def test_file_level_faults_are_clear_errors_and_leave_no_pool(ray_cluster, tmp_path, case):
+    src = tmp_path / "c.jsonl"
+    files = {"paths": [str(src)], "unseen": {"fraction": 0.5}}
+    if case == "missing_file":
+        files["paths"] = [str(tmp_path / "nope.jsonl")]
+        want = f"{tmp_path / 'nope.jsonl'}: no such file"
+    elif case == "empty_corpus":
+        src.write_bytes(b"")
+        want = "the corpus is empty"
+    elif case == "nothing_usable":
+        write_jsonl(src, [], [b"not json", b"{}"])
+        want = "no usable rows"
+    elif case == "few_tasks":
+        write_jsonl(src, rows(3, 2, domains=("math", "math", "tiny")))
+        want = "domain 'tiny' has 1 tasks, too few"
+    elif case == "no_domain":
+        write_jsonl(src, [{k: v for k, v in r.items() if k != "domain"} for r in rows(4, 2)])
+        want = "no domain in column 'domain'"
+    elif case == "unknown_unseen":
+        write_jsonl(src, rows(4, 2))
+        files["unseen"] = {"tasks": ["task_x"]}
+        want = "none of its 1 tasks is in the corpus"
+    elif case == "bad_json_array":
+        src = tmp_path / "c.json"
+        src.write_text('[{"instruction": "a"')
+        files["paths"] = [str(src)]
+        want = f"{src}: not a JSON array"
+    else:  # two task names, one instruction: holding out one would leak it
+        recs = [{**r, "task": f"t{i % 4}"} for i, r in enumerate(rows(4, 2))]
+        recs += [{**recs[0], "task": "copy", "input": "other"}]
+        write_jsonl(src, recs)
+        files["unseen"] = {"tasks": ["copy"]}
+        want = "unseen task 'copy' has the same normalized instruction as training task"
+    with pytest.raises(IngestError, match=want.replace("(", r"\(").replace(")", r"\)")):
+        prepare(config(tmp_path, files))
+    assert leftovers(tmp_path) == []
+
+
+def test_errors_reach_the_cli_as_one_line_not_a_traceback(tmp_path, capsys):
+    import yaml
+
+    from search.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"corpus": {"source": "files", "pool_dir": str(tmp_path / "pools"), "files": {
+        "paths": [str(tmp_path / "missing.jsonl")], "unseen": {"fraction": 0.2}}}}))
+    assert main(["prepare", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "missing.jsonl: no such file" in err and "Traceback" not in err
+
+
+def test_unseen_by_domain_and_by_task_file(ray_cluster, tmp_path):
+    write_jsonl(tmp_path / "c.jsonl", rows(6, 2, domains=("math", "text", "code")))
+    m = Manifest.load(prepare(config(tmp_path, {"paths": [str(tmp_path / "c.jsonl")], "unseen": {"domains": ["code"]}})))
+    assert set(m.unseen) == {"code"} and set(m.train) == {"math", "text"}
+    listed = tmp_path / "unseen.txt"
+    # without a task column a task is its normalized instruction's hash; names come from a column here
+    recs = [{**r, "task": f"task{r['instruction'].split()[2][:-1]}"} for r in rows(6, 2)]
+    write_jsonl(tmp_path / "t.jsonl", recs)
+    listed.write_text("# held out\ntask1\ntask4\n")
+    m = Manifest.load(prepare(config(tmp_path / "f", {"paths": [str(tmp_path / "t.jsonl")], "unseen": {"tasks_file": str(listed)}})))
+    assert m.unseen_tasks == ["task1", "task4"]
+
+
+def test_unlabelled_corpus_gets_domains_by_clustering(ray_cluster, tmp_path):
+    topics = {"math": "add the numbers and compute the sum arithmetic", "poem": "write a poem with rhyme and verse"}
+    recs = [{"instruction": f"{topics[t]} variant {i}", "input": "", "output": "ok"}
+            for t in topics for i in range(6)]
+    write_jsonl(tmp_path / "c.jsonl", recs)
+    m = Manifest.load(prepare(config(tmp_path, {"paths": [str(tmp_path / "c.jsonl")], "domains": {"clusters": 2},
+                                                "unseen": {"fraction": 0.34}})))
+    assert sorted(m.top_terms) == ["cluster0", "cluster1"]
+    terms = [set(v) for v in m.top_terms.values()]
+    assert any({"poem", "rhyme"} <= t for t in terms) and any({"numbers", "sum"} <= t for t in terms)
+    rows_ = pa.concat_tables([read_split(Path(prepare(config(tmp_path, {
+        "paths": [str(tmp_path / "c.jsonl")], "domains": {"clusters": 2}, "unseen": {"fraction": 0.34}}))), s)
+        for s in ("train", "unseen")])
+    for d in ("cluster0", "cluster1"):  # each cluster is one topic
+        words = {x.split()[0] for x, dd in zip(rows_["instruction"].to_pylist(), rows_["domain"].to_pylist()) if dd == d}
+        assert len(words) == 1
+
+
+def test_too_long_rows_are_dropped_or_truncated(ray_cluster, tmp_path):
+    recs = rows(4, 2) + [{"instruction": "long " * 30 + "task", "input": "i", "output": "short", "domain": "math"}]
+    write_jsonl(tmp_path / "c.jsonl", recs)
+    files = {"paths": [str(tmp_path / "c.jsonl")], "unseen": {"domains": ["text"]}, "prompt": "{instruction}|{input}="}
+    m = Manifest.load(prepare(config(tmp_path, files, max_length=48)))
+    assert m.dropped == {"too_long": 1}
+    pool = prepare(config(tmp_path / "t", {**files, "truncate": True}, max_length=48))
+    assert Manifest.load(pool).dropped == {}
+    table = read_split(pool, "train")
+    assert max(len(x) for x in table["ids"].to_pylist()) <= 48
+    from trainables.model import char_tokenizer
+
+    tok = char_tokenizer()
+    def text(ids):
+        return "".join(tok.convert_ids_to_tokens(ids))
+
+    for r in table.to_pylist():  # the answer and <eos> always survive; the prompt keeps its start
+        assert text(r["ids"][r["prompt_len"]:-1]) == r["output"]
+        assert text(r["ids"][1:r["prompt_len"]]) == f"{r['instruction']}|{r['input']}="[: r["prompt_len"] - 1]
+
+
+@pytest.mark.slow
+def test_a_search_on_a_file_corpus_end_to_end(tmp_path):
+    import ray
+    import yaml
+
+    from search.cli import main
+
+    write_jsonl(tmp_path / "c.jsonl", rows(12, 10))
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "files", "storage_path": str(tmp_path / "results"),
+        "corpus": {"source": "files", "pool_dir": str(tmp_path / "pools"),
+                   "files": {"paths": [str(tmp_path / "c.jsonl")], "unseen": {"fraction": 0.34}}},
+        "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}, "max_length": 64},
+        "training": {"epochs": 2, "eval_examples": 40},
+        "search": {"num_samples": 2, "space": {"weights": {"simplex": ["math", "text"]},
+                                               "num_instructions": {"low": 2, "high": 8}, "budget": 80}},
+        "ray": {"num_cpus": 2},
+    }))
+    try:
+        assert main(["run", str(path)]) == 0
+    finally:
+        ray.shutdown()
+    summary = json.loads((tmp_path / "results" / "files" / "summary.json").read_text())
+    assert summary["num_trials"] == 2
+    for t in summary["trials"]:
+        assert t["status"] in ("COMPLETED", "EARLY_STOPPED") and set(t["per_domain"]) == {"math", "text"}

@@ -1,0 +1,66 @@
+"""Tokenizers and tokenization, without torch: prepare tokenizes in Ray tasks that never train.
+
+A row becomes ``<bos> prompt answer <eos>``; the character tokenizer (one token per character)
+serves the tiny models, a pretrained model brings its own.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+PROMPT = "{instruction}|{input}="
+SPECIALS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<bos>", "eos_token": "<eos>"}
+# Printable ASCII plus tab and newline: enough for the built-in corpus and English text.
+CHARS = [chr(i) for i in range(32, 127)] + ["\t", "\n"]
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per character; unknown characters map to ``<unk>``."""
+    vocab = {tok: i for i, tok in enumerate([*SPECIALS.values(), *CHARS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=SPECIALS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIALS)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def load_tokenizer(model_cfg: dict) -> PreTrainedTokenizerFast:
+    """The tokenizer of the ``model`` section: the character one for tiny models, the model's own
+    for pretrained ones (given a pad token if it has none). Prepare uses it to store token ids."""
+    if model_cfg.get("pretrained"):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_cfg["pretrained"], trust_remote_code=bool(model_cfg.get("trust_remote_code")),
+            local_files_only=_offline(),
+        )
+        if tokenizer.pad_token_id is None:  # many causal LMs ship none; any id works under right padding
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        tokenizer = char_tokenizer()
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"{model_cfg.get('pretrained')}: the tokenizer has no end-of-sequence token")
+    return tokenizer
+
+
+def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # the Rust tokenizer directly: much less per-row Python than __call__
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def tokenize(instructions: list[str], inputs: list[str], outputs: list[str], tokenizer,
+             prompt: str = PROMPT) -> tuple[list[list[int]], list[int]]:
+    """``<bos> prompt answer <eos>`` token ids of each row, and the length of its prompt part."""
+    prompts = [prompt.format(instruction=i, input=x) for i, x in zip(instructions, inputs)]
+    p_ids, a_ids = _ids(tokenizer, prompts), _ids(tokenizer, outputs)
+    # Tokenizers without a BOS token (many pretrained ones) start at the prompt.
+    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    eos = tokenizer.eos_token_id
+    return [[*bos, *p, *a, eos] for p, a in zip(p_ids, a_ids)], [len(bos) + len(p) for p in p_ids]
