@@ -107,7 +107,9 @@ def cv_rank_correlation(curves: list[Curve], space: SpaceConfig, folds: int = 5,
             epoch, value = c.points[-1]
             predicted.append(float(model.predict([c.config], epoch)[0][0]))
             observed.append(value)
-    rho = spearmanr(predicted, observed).statistic
+    with warnings.catch_warnings():  # constant predictions: no correlation, said as 0 below
+        warnings.simplefilter("ignore")
+        rho = spearmanr(predicted, observed).statistic
     return float(rho) if math.isfinite(rho) else 0.0
 
 
