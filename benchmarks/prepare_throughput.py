@@ -87,14 +87,7 @@ def run_baseline(cfg) -> dict:
     tokens = {"model": cfg.model.model_dump(), "prompt": fc.prompt, "truncate": fc.truncate}
     results = [ingest.clean(str(stage), b, str(tmp / "_clean"), tokens) for b in range(buckets)]
     tasks = [t for r in results for t in r["tasks"]]
-    held = ingest.unseen_tasks(fc, tasks)
-    assign, rng, groups = {}, random.Random(fc.seed), {}
-    for t in sorted(tasks, key=lambda t: t["task"]):
-        groups.setdefault(("unseen" if t["task"] in held else "train", t["domain"]), []).append(t)
-    for _, members in sorted(groups.items()):
-        rng.shuffle(members)
-        for i, t in enumerate(members):
-            assign[t["task"]] = ("unseen" if t["task"] in held else "train", t["domain"], i)
+    assign = ingest.plan_tasks(fc, tasks, fc.paths[0]).assign
     for f in sorted((tmp / "_clean").glob("*.parquet")):
         ingest.place(str(f), assign, str(tmp), TOKEN_SCHEMA)
     return {"rows": sum(t["rows"] for t in tasks), "tasks": len(tasks)}

@@ -30,6 +30,7 @@ import math
 import os
 import random
 import re
+import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -419,6 +420,62 @@ def _groups(table: pa.Table, keys: list[str]):
         yield tuple(combo[k] for k in keys), table.filter(mask)
 
 
+@dataclass(frozen=True)
+class TaskPlan:
+    """Where every task goes: its (split, domain, rule index), the tasks held out, and the
+    clustered domains' top terms."""
+
+    held: set[str]
+    assign: dict[str, tuple[str, str, int]]
+    groups: dict[tuple[str, str], list[dict]]
+    top_terms: dict[str, list[str]]
+
+
+def plan_tasks(cfg: FilesConfig, tasks: list[dict], source: str) -> TaskPlan:
+    """Domains (a column or clusters), the unseen split and its leak check, and rule indices
+    (random within each split and domain), from the task table of the clean pass."""
+    # Domains: from the column, or clustered from the instructions.
+    tasks.sort(key=lambda t: t["task"])
+    top_terms: dict[str, list[str]] = {}
+    if cfg.domains.clusters:
+        labels, top_terms = cluster_domains([t["instruction"] for t in tasks], cfg.domains.clusters, cfg.seed)
+        for t, d in zip(tasks, labels):
+            t["domain"] = d
+    else:
+        unlabelled = [t["task"] for t in tasks if t["domain"] is None]
+        if unlabelled:
+            raise IngestError(
+                f"{source}: no domain in column {cfg.columns.domain!r} (or 'category') for {len(unlabelled)} "
+                f"tasks, e.g. {unlabelled[:3]}; name the column in corpus.files.columns.domain, or derive "
+                "domains with corpus.files.domains.clusters: k"
+            )
+        for t in tasks:
+            t["domain"] = _domain_name(t["domain"])
+
+    # The split, by task; then the proof that no unseen instruction is in the pool.
+    held = unseen_tasks(cfg, tasks)
+    train_keys = {t["task_key"]: t["task"] for t in tasks if t["task"] not in held}
+    if not train_keys:
+        raise IngestError("the unseen split takes every task: nothing is left to train on")
+    clash = [(t["task"], train_keys[t["task_key"]]) for t in tasks if t["task"] in held and t["task_key"] in train_keys]
+    if clash:
+        raise IngestError(
+            f"unseen task {clash[0][0]!r} has the same normalized instruction as training task {clash[0][1]!r} "
+            f"({len(clash)} such tasks): hold both out or neither"
+        )
+    rng = random.Random(cfg.seed)
+    assign: dict[str, tuple[str, str, int]] = {}
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for t in tasks:
+        groups.setdefault(("unseen" if t["task"] in held else "train", t["domain"]), []).append(t)
+    for (split, domain), members in sorted(groups.items()):
+        rng.shuffle(members)  # rule ids in random order: any prefix is a random subset
+        for i, t in enumerate(members):
+            assign[t["task"]] = (split, domain, i)
+
+    return TaskPlan(held, assign, groups, top_terms)
+
+
 # ------------------------------------------------------------------ the whole preparation
 
 @dataclass(frozen=True)
@@ -501,44 +558,8 @@ def prepare_files(cfg: FilesConfig, tmp: Path, pool_schema: pa.Schema, model: di
     if not tasks:
         raise IngestError(f"{', '.join(cfg.paths)}: no usable rows (dropped: {dict(dropped) or 'none'})")
 
-    # Domains: from the column, or clustered from the instructions.
-    tasks.sort(key=lambda t: t["task"])
-    top_terms: dict[str, list[str]] = {}
-    if cfg.domains.clusters:
-        labels, top_terms = cluster_domains([t["instruction"] for t in tasks], cfg.domains.clusters, cfg.seed)
-        for t, d in zip(tasks, labels):
-            t["domain"] = d
-    else:
-        unlabelled = [t["task"] for t in tasks if t["domain"] is None]
-        if unlabelled:
-            raise IngestError(
-                f"{names[0]}: no domain in column {cfg.columns.domain!r} (or 'category') for {len(unlabelled)} "
-                f"tasks, e.g. {unlabelled[:3]}; name the column in corpus.files.columns.domain, or derive "
-                "domains with corpus.files.domains.clusters: k"
-            )
-        for t in tasks:
-            t["domain"] = _domain_name(t["domain"])
-
-    # The split, by task; then the proof that no unseen instruction is in the pool.
-    held = unseen_tasks(cfg, tasks)
-    train_keys = {t["task_key"]: t["task"] for t in tasks if t["task"] not in held}
-    if not train_keys:
-        raise IngestError("the unseen split takes every task: nothing is left to train on")
-    clash = [(t["task"], train_keys[t["task_key"]]) for t in tasks if t["task"] in held and t["task_key"] in train_keys]
-    if clash:
-        raise IngestError(
-            f"unseen task {clash[0][0]!r} has the same normalized instruction as training task {clash[0][1]!r} "
-            f"({len(clash)} such tasks): hold both out or neither"
-        )
-    rng = random.Random(cfg.seed)
-    assign: dict[str, tuple[str, str, int]] = {}
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for t in tasks:
-        groups.setdefault(("unseen" if t["task"] in held else "train", t["domain"]), []).append(t)
-    for (split, domain), members in sorted(groups.items()):
-        rng.shuffle(members)  # rule ids in random order: any prefix is a random subset
-        for i, t in enumerate(members):
-            assign[t["task"]] = (split, domain, i)
+    plan = plan_tasks(cfg, tasks, names[0])
+    held, assign, groups = plan.held, plan.assign, plan.groups
 
     place_remote = ray.remote(place)
     ref = ray.put(assign)
@@ -550,11 +571,10 @@ def prepare_files(cfg: FilesConfig, tmp: Path, pool_schema: pa.Schema, model: di
         counts = sorted(t["rows"] for t in members)
         stats[split][domain] = {
             "rows": sum(counts), "instructions": len(counts), "examples_min": counts[0],
-            "examples_median": float(counts[len(counts) // 2] if len(counts) % 2 else
-                                     (counts[len(counts) // 2 - 1] + counts[len(counts) // 2]) / 2),
+            "examples_median": float(statistics.median(counts)),
             "examples_max": counts[-1], "entropy": round(entropy(counts), 4),
         }
     digest = hashlib.sha256(json.dumps(sorted((t["task"], t["task_key"], t["rows"], assign[t["task"]]) for t in tasks)).encode())
     return Prepared(stats=stats, dropped=dict(sorted(dropped.items())), first_faults=first,
-                    unseen_tasks=sorted(held), top_terms=top_terms,
+                    unseen_tasks=sorted(held), top_terms=plan.top_terms,
                     examples_per_task=max(t["rows"] for t in tasks), content_hash=digest.hexdigest(), files=names)
