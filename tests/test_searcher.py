@@ -80,3 +80,32 @@ def test_pareto_front_of_accuracy_against_budget(tmp_path):
             assert any(covers(o, t, strictly=False) for o in done if o["trial_id"] in ids), t
     assert [p["budget"] for p in front] == sorted(p["budget"] for p in front)
     assert [p["unseen_accuracy"] for p in front] == sorted(p["unseen_accuracy"] for p in front)
+
+
+def test_a_config_already_trained_is_answered_from_the_study_not_trained_again():
+    from search.config import SpaceConfig
+    from search.searcher import MultiFidelityOptunaSearch
+    from search.space import DefineByRun
+
+    space = SpaceConfig.model_validate({"weights": {"random": 1.0}, "num_instructions": {"choices": [10, 20]},
+                                        "budget": 100, "learning_rate": 0.003})
+    searcher = MultiFidelityOptunaSearch(DefineByRun(space), metric="unseen_accuracy", mode="max",
+                                         sampler=optuna.samplers.RandomSampler(seed=0), max_epochs=2)
+    trained = []
+    for i in range(2):
+        config = searcher.suggest(f"t{i}")
+        trained.append(config["num_instructions"])
+        searcher.on_trial_complete(f"t{i}", {"unseen_accuracy": 0.1 * (i + 1), "epoch": 2, "training_iteration": 2})
+    # Two points, two trainings: the second suggestion was never the first config again.
+    assert sorted(trained) == [10, 20]
+    # Once every point is trained, a suggestion still comes (a repeat, so a search never stalls),
+    # after REPEATS - 1 repeats were answered from the study with the values of their originals.
+    from search.searcher import REPEATS
+
+    assert searcher.suggest("t2")["num_instructions"] in (10, 20)
+    study = searcher._ot_study
+    copies = [t for t in study.trials if "tune_trial_id" not in t.user_attrs and t.state.is_finished()]
+    assert len(copies) >= REPEATS - 1
+    for copy in copies:
+        original = next(t for t in study.trials if "tune_trial_id" in t.user_attrs and t.params == copy.params)
+        assert copy.state == original.state and copy.value == original.value
