@@ -222,8 +222,9 @@ def _records(chunk: dict):
     else:
         try:
             if fmt == "parquet":
-                table = pq.ParquetFile(path).read_row_group(chunk["start"])
-                offset = sum(pq.ParquetFile(path).metadata.row_group(g).num_rows for g in range(chunk["start"]))
+                parquet = pq.ParquetFile(path)
+                table = parquet.read_row_group(chunk["start"])
+                offset = sum(parquet.metadata.row_group(g).num_rows for g in range(chunk["start"]))
             else:
                 with pa.memory_map(path) as source:
                     table = pa.ipc.open_stream(source).read_all()
@@ -279,10 +280,10 @@ def clean(stage: str, bucket: int, out: str, tokens: dict) -> dict:
     table, too_long = _tokens(table, tokens)
     dropped["too_long"] += too_long
     pq.write_table(table, f"{out}/bucket-{bucket:05d}.parquet")
-    tasks = table.group_by("task").aggregate([("task_key", "min"), ("task_key", "count_distinct"),
-                                              ("domain", "min"), ("instruction", "min"), ("file", "count")])
+    tasks = table.group_by("task").aggregate([("task_key", "min"), ("domain", "min"), ("instruction", "min"),
+                                              ("file", "count")])
     return {"dropped": {k: v for k, v in dropped.items() if v}, "faults": first_faults,
-            "tasks": tasks.rename_columns(["task", "task_key", "instructions", "domain", "instruction", "rows"]).to_pylist()}
+            "tasks": tasks.rename_columns(["task", "task_key", "domain", "instruction", "rows"]).to_pylist()}
 
 
 def _tokens(table: pa.Table, tokens: dict) -> tuple[pa.Table, int]:
@@ -297,7 +298,8 @@ def _tokens(table: pa.Table, tokens: dict) -> tuple[pa.Table, int]:
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
     tokenizer = load_tokenizer(model)
     parts, dropped = [], 0
-    for start in range(0, table.num_rows, TOKENIZE_ROWS):  # in slices: Python lists of ids are big
+    # In slices (Python lists of ids are big); an empty table is one empty slice.
+    for start in range(0, max(table.num_rows, 1), TOKENIZE_ROWS):
         part = table.slice(start, TOKENIZE_ROWS)
         seqs, prompt_lens = tokenize(part["instruction"].to_pylist(), part["input"].to_pylist(),
                                      part["output"].to_pylist(), tokenizer, tokens["prompt"])
@@ -312,8 +314,7 @@ def _tokens(table: pa.Table, tokens: dict) -> tuple[pa.Table, int]:
         part = part.append_column("prompt_len", pa.array(prompt_lens, pa.int32()))
         parts.append(part.filter(pa.array(keep, pa.bool_())))
         dropped += keep.count(False)
-    return (pa.concat_tables(parts) if parts else table.append_column("ids", pa.array([], pa.list_(pa.int32())))
-            .append_column("prompt_len", pa.array([], pa.int32()))), dropped
+    return pa.concat_tables(parts), dropped
 
 
 # ------------------------------------------------------------------ the task table: domains and split
@@ -379,6 +380,13 @@ def entropy(counts: list[int]) -> float:
     """Shannon entropy (bits) of the distribution of rows over tasks."""
     total = sum(counts)
     return max(0.0, -sum(c / total * math.log2(c / total) for c in counts if c)) if total else 0.0
+
+
+def task_stats(counts: list[int]) -> dict:
+    """A domain's figures from its rows per task: rows, tasks, examples per task, entropy."""
+    return {"rows": sum(counts), "instructions": len(counts), "examples_min": min(counts),
+            "examples_median": float(statistics.median(counts)), "examples_max": max(counts),
+            "entropy": round(entropy(counts), 4)}
 
 
 # ------------------------------------------------------------------ pass 3: place
@@ -568,12 +576,7 @@ def prepare_files(cfg: FilesConfig, tmp: Path, pool_schema: pa.Schema, model: di
 
     stats: dict[str, dict[str, dict]] = {"train": {}, "unseen": {}}
     for (split, domain), members in sorted(groups.items()):
-        counts = sorted(t["rows"] for t in members)
-        stats[split][domain] = {
-            "rows": sum(counts), "instructions": len(counts), "examples_min": counts[0],
-            "examples_median": float(statistics.median(counts)),
-            "examples_max": counts[-1], "entropy": round(entropy(counts), 4),
-        }
+        stats[split][domain] = task_stats([t["rows"] for t in members])
     digest = hashlib.sha256(json.dumps(sorted((t["task"], t["task_key"], t["rows"], assign[t["task"]]) for t in tasks)).encode())
     return Prepared(stats=stats, dropped=dict(sorted(dropped.items())), first_faults=first,
                     unseen_tasks=sorted(held), top_terms=plan.top_terms,

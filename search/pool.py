@@ -169,19 +169,13 @@ def read_split(pool: Path, split: str, domain: str | None = None, filter=None) -
 def domain_stats(table: pa.Table) -> dict[str, DomainStats]:
     """Per domain of a table with ``domain`` and ``instruction`` columns: rows, distinct
     instructions, examples per instruction (min, median, max) and their entropy."""
-    import statistics
-
-    from search.ingest import entropy
+    from search.ingest import task_stats
 
     counts = table.group_by(["domain", "instruction"]).aggregate([("instruction", "count")]).to_pylist()
     per: dict[str, list[int]] = {}
     for row in counts:
         per.setdefault(row["domain"], []).append(row["instruction_count"])
-    return {
-        d: DomainStats(rows=sum(c), instructions=len(c), examples_min=min(c), examples_median=float(statistics.median(c)),
-                       examples_max=max(c), entropy=round(entropy(c), 4))
-        for d, c in sorted(per.items())
-    }
+    return {d: DomainStats(**task_stats(c)) for d, c in sorted(per.items())}
 
 
 def _content_hash(tables: dict[str, pa.Table]) -> str:
