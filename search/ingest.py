@@ -532,11 +532,20 @@ def prepare_files(cfg: FilesConfig, tmp: Path, pool_schema: pa.Schema, model: di
     stage, cleaned = tmp / "_stage", tmp / "_clean"
     cleaned.mkdir(parents=True)
     began = time.perf_counter()
+    # The parse is a single operator (map, then write): Ray Data's per-operator reservation
+    # would hold back half the cluster for operators that do not exist (measured: parse of 1M
+    # rows on 2 CPUs 11.5 s with it, 8.6 s without). The user's setting is restored after.
+    context = ray.data.DataContext.get_current()
+    reserving = context.op_resource_reservation_enabled
     try:
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(parse, fn_kwargs={"columns": cfg.columns, "buckets": buckets},
-                            batch_size=1, batch_format="numpy")
-        ds.write_parquet(str(stage), partition_cols=["bucket"])
+        context.op_resource_reservation_enabled = False
+        try:
+            ds = ray.data.from_items(items, override_num_blocks=len(items))
+            ds = ds.map_batches(parse, fn_kwargs={"columns": cfg.columns, "buckets": buckets},
+                                batch_size=1, batch_format="numpy")
+            ds.write_parquet(str(stage), partition_cols=["bucket"])
+        finally:
+            context.op_resource_reservation_enabled = reserving
         log.info("parsed %d chunks into %d buckets in %.1fs", len(items), buckets, time.perf_counter() - began)
         clean_remote = ray.remote(clean)
         tokens = {"model": model, "prompt": cfg.prompt, "truncate": cfg.truncate}

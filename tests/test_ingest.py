@@ -170,6 +170,10 @@ def test_file_level_faults_are_clear_errors_and_leave_no_pool(ray_cluster, tmp_p
     with pytest.raises(IngestError, match=want.replace("(", r"\(").replace(")", r"\)")):
         prepare(config(tmp_path, files))
     assert leftovers(tmp_path) == []
+    # The parse turns Ray Data's operator reservation off for itself only, failing or not.
+    import ray.data
+
+    assert ray.data.DataContext.get_current().op_resource_reservation_enabled
 
 
 def test_errors_reach_the_cli_as_one_line_not_a_traceback(tmp_path, capsys):
