@@ -152,8 +152,10 @@ def analyse(curves: list[Curve], space: SpaceConfig, epochs: int, seed: int = 0,
     pool = sample_space(space, candidates, seed) + [c.config for c in curves]
     mu, sd = model.predict(pool, epochs)
     ranked = np.argsort(-mu)[:top]
+    # Ranked by the GP's mean; reported within [0, 1], since an accuracy cannot leave it (the
+    # mean can, extrapolating a rising trend).
     proposals = [
-        {"config": pool[i], "predicted_unseen_accuracy": round(float(mu[i]), 4),
+        {"config": pool[i], "predicted_unseen_accuracy": round(float(np.clip(mu[i], 0.0, 1.0)), 4),
          "predicted_std": round(float(sd[i]), 4)}
         for i in ranked
     ]

@@ -65,7 +65,7 @@ def test_proposal_is_near_the_true_optimum_although_most_trials_stopped_early():
     assert out["trials"] == 30 and out["results"] == sum(len(c.points) for c in data)
     assert len(out["proposals"]) == 5
     preds = [p["predicted_unseen_accuracy"] for p in out["proposals"]]
-    assert preds == sorted(preds, reverse=True)
+    assert preds == sorted(preds, reverse=True) and all(0.0 <= p <= 1.0 for p in preds)
 
 
 def test_too_few_trials_is_said_not_guessed():
