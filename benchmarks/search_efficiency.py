@@ -7,8 +7,8 @@ Two steps:
    rates on the built-in corpus, with the default model and training (8 epochs, evaluated on the
    whole unseen split, 2,000 items, so the 0.02 tolerance is about twice the evaluation's
    standard error; a budget of 10,000 examples, so the table builds in about 47 minutes on
-   2 cores), and writes each configuration's per-epoch ``unseen_accuracy`` curve to ``benchmarks/search_efficiency_table.json``
-   (committed). It needs no Ray, so it runs on any machine with torch, e.g. a GPU box::
+   2 cores), and writes each configuration's per-epoch ``unseen_accuracy`` curve to
+   ``benchmarks/search_efficiency_table.json`` (committed). It needs no Ray, so it runs on any machine with torch, e.g. a GPU box::
 
        python benchmarks/search_efficiency.py build-table --pool <pool of search/default.yaml> --workers 2
 
