@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from search import corpus  # noqa: E402
 from search.config import StringRewriteConfig  # noqa: E402
 from trainables.data import IGNORE, batch, encode  # noqa: E402
-from trainables.model import build_model, char_tokenizer  # noqa: E402
+from trainables.model import build_model  # noqa: E402
+from trainables.tokenizer import char_tokenizer  # noqa: E402
 from trainables.train import train_epoch  # noqa: E402
 
 # Peak dense bf16 tensor FLOP/s by device name (vendor data sheets, SXM parts).

@@ -8,7 +8,8 @@ Three passes, each streaming (no pass holds more than one chunk or one bucket in
    hash of the task). Faulty rows (malformed JSON, missing columns, wrong types, bytes that are
    not UTF-8) become fault records with their file and line. Rows are written by bucket.
 2. clean (a Ray task per bucket): empty instructions or outputs dropped, exact duplicates
-   (normalized instruction + input + output) dropped, each counted by reason; every task's rows
+   (normalized instruction + input + output) dropped, rows tokenized with the trial model's
+   tokenizer (too long: dropped, or truncated), each drop counted by reason; every task's rows
    counted. A task lives in one bucket, so this is exact and its memory is one bucket's.
 3. place (a Ray task per bucket): once the driver has decided each task's domain, split and
    rule index from the (small) task table, rows are written to the pool's layout.

@@ -154,9 +154,9 @@ def materialize(pool: Path, mixture: Mixture, manifest: Manifest | None = None) 
     Per domain, the rules are a contiguous run (modulo the domain's size) of rule ids starting at
     a seed-derived offset; rule ids are in random order, so the run is a random subset, and
     mixtures with more instructions contain those with fewer (same seed). Examples are spread
-    over a domain's rules, evenly by default, cycling through a rule's examples if more are needed than the
-    pool holds; with ``skew``, unevenly by rank (:func:`skewed_counts`). Rows come back shuffled by
-    the seed.
+    over a domain's rules, evenly by default or by rank with ``skew`` (:func:`skewed_counts`),
+    cycling through a rule's examples if more are needed than the pool holds. Rows come back
+    shuffled by the seed.
     """
     manifest = manifest or Manifest.load(pool)
     p = plan(mixture, manifest)

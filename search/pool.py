@@ -154,8 +154,9 @@ def read_split(pool: Path, split: str, domain: str | None = None, filter=None) -
     """Read a split (optionally one domain) with pyarrow, sorted by (domain, rule_idx, example_idx)."""
     base = pool / split
     if domain is not None:
+        # Pools of file corpora also hold token ids; the files found once, read with the schema.
         found = pads.dataset(base / f"domain={domain}", format="parquet")
-        ds = pads.dataset(base / f"domain={domain}", format="parquet",
+        ds = pads.dataset(found.files, format="parquet",
                           schema=TOKEN_SCHEMA if "ids" in found.schema.names else SCHEMA)
         table = ds.to_table(filter=filter)
         table = table.append_column("domain", pa.array([domain] * table.num_rows, pa.string()))

@@ -78,7 +78,8 @@ def small_pool(ray_cluster, tmp_path_factory):
 @pytest.fixture(scope="session")
 def pretrained_dir(tmp_path_factory):
     """A tiny GPT-2 and its tokenizer saved with save_pretrained: a 'pretrained' model on disk."""
-    from trainables.model import build_model, char_tokenizer, save
+    from trainables.model import build_model, save
+    from trainables.tokenizer import char_tokenizer
 
     path = tmp_path_factory.mktemp("pretrained") / "tiny-gpt2"
     tok = char_tokenizer()

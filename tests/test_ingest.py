@@ -230,7 +230,7 @@ def test_too_long_rows_are_dropped_or_truncated(ray_cluster, tmp_path):
     assert Manifest.load(pool).dropped == {}
     table = read_split(pool, "train")
     assert max(len(x) for x in table["ids"].to_pylist()) <= 48
-    from trainables.model import char_tokenizer
+    from trainables.tokenizer import char_tokenizer
 
     tok = char_tokenizer()
     def text(ids):

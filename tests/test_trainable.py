@@ -5,7 +5,8 @@ import torch
 
 from trainables.data import encode
 from trainables.evaluate import exact_match_items
-from trainables.model import build_model, char_tokenizer
+from trainables.model import build_model
+from trainables.tokenizer import char_tokenizer
 from trainables.train import run_epochs
 
 

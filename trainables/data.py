@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import torch
 
-from trainables.tokenizer import PROMPT, tokenize  # noqa: F401 (PROMPT re-exported)
+from trainables.tokenizer import PROMPT, tokenize
 
 IGNORE = -100
 

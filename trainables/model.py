@@ -12,7 +12,8 @@ import torch
 
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from trainables.tokenizer import _offline, char_tokenizer, load_tokenizer  # noqa: F401 (re-exported)
+from trainables.tokenizer import _offline, load_tokenizer
+
 
 def build_model(tiny: dict, max_length: int, tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
     """A randomly initialised GPT-2 of the configured size (no dropout: resumes are exact)."""
