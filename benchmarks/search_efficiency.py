@@ -21,6 +21,12 @@ Two steps:
    - ``mixsearch``: this project's searcher (TPE, early-stopped trials PRUNED) with ASHA,
      the space and scheduler settings of ``search/default.yaml``.
 
+   Two bounds run as well: random sampling and this project's searcher, each with an oracle
+   for a scheduler that, at ASHA's first rung, stops exactly the trials whose final value falls
+   short (``random_oracle``, ``mixsearch_oracle``; ``--oracle-epoch N`` moves it to epoch N). No
+   real stopping rule that decides by then can do better than that oracle, so they show how much
+   of random with ASHA's cost any such rule could save.
+
    Compute is epochs trained. An adaptive strategy's cost is the epochs spent until some trial
    first reports an ``unseen_accuracy`` within 0.02 of the table's best final value (all its
    epochs, if it never does; each may run as many trials as the table has). A grid has no
@@ -30,8 +36,8 @@ Two steps:
        python benchmarks/search_efficiency.py           # 10 seeds
        python benchmarks/search_efficiency.py --quick   # 3 seeds
 
-The last line printed is one JSON object: each strategy's median epochs, and ``ratio_vs_grid`` and
-``ratio_vs_random_asha`` (this project's compute over theirs).
+The last line printed is one JSON object: each strategy's median epochs, ``ratio_vs_grid`` and
+``ratio_vs_random_asha`` (this project's compute over theirs), and the bounds (``bound_*``).
 """
 
 from __future__ import annotations
@@ -130,6 +136,9 @@ def build_table(pool: str, workers: int, gpu: bool, out: Path) -> None:
 # ---------------------------------------------------------------- step 2: the replay
 
 STRATEGIES = ("grid", "random_asha", "tpe", "mixsearch")
+# Bounds, not strategies: random sampling and this project's searcher with a stopping rule that
+# knows the table (an oracle), to show how far any stopping rule at the first rung could go.
+BOUNDS = ("random_oracle", "mixsearch_oracle")
 TRIALS_PER_TABLE_POINT = 4
 
 
@@ -162,6 +171,20 @@ class Reached(Stopper):
         return self.stop and self.hit is not None
 
 
+def _oracle_stop(curves: dict, threshold: float, epoch: int):
+    """A Tune scheduler that, at ``epoch``, stops exactly the trials whose final value in the
+    table falls short of ``threshold`` (no real rule can know this; it bounds what one could do)."""
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    class OracleStop(FIFOScheduler):
+        def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+            if result["epoch"] == epoch and curves[_key(trial.config)][-1] < threshold:
+                return TrialScheduler.STOP
+            return TrialScheduler.CONTINUE
+
+    return OracleStop()
+
+
 def _project_config(seed: int, num_samples: int):
     from search.config import Config
 
@@ -174,7 +197,7 @@ def _project_config(seed: int, num_samples: int):
     })
 
 
-def replay(strategy: str, seed: int, curves: dict, threshold: float, tmp: Path) -> dict:
+def replay(strategy: str, seed: int, curves: dict, threshold: float, tmp: Path, oracle_epoch: int | None = None) -> dict:
     """One search against the table through Tune: epochs until the first good result, and in all."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -193,7 +216,7 @@ def replay(strategy: str, seed: int, curves: dict, threshold: float, tmp: Path) 
     if strategy == "grid":  # the grid a user writes, in its order; it runs to the end
         search_alg, scheduler, num = BasicVariantGenerator(max_concurrent=2), FIFOScheduler(), 1
         param_space = {k: tune.grid_search(v) for k, v in AXES.items()}
-    elif strategy == "random_asha":
+    elif strategy in ("random_asha", "random_oracle"):
         search_alg, scheduler, num = BasicVariantGenerator(max_concurrent=2, random_state=seed), asha, n
         param_space = {k: tune.choice(v) for k, v in AXES.items()}
     elif strategy == "tpe":  # Ray's OptunaSearch as it comes, every trial trained to the end
@@ -207,6 +230,8 @@ def replay(strategy: str, seed: int, curves: dict, threshold: float, tmp: Path) 
         exp.mkdir(parents=True)
         search_alg, _, num = _search_algorithm(cfg, str(exp))
         scheduler = asha
+    if strategy.endswith("_oracle"):  # the same searcher; stopped where ASHA's first rung is
+        scheduler = _oracle_stop(curves, threshold, oracle_epoch or cfg.search.grace_period)
     stopper = Reached(threshold, stop=strategy != "grid")
     tuner = tune.Tuner(
         tune.with_parameters(lookup, curves=curves),
@@ -219,7 +244,7 @@ def replay(strategy: str, seed: int, curves: dict, threshold: float, tmp: Path) 
             "epochs": stopper.epochs, "trials": len(results)}
 
 
-def replay_all(quick: bool) -> None:
+def replay_all(quick: bool, oracle_epoch: int | None = None) -> None:
     import logging
     import tempfile
 
@@ -236,25 +261,28 @@ def replay_all(quick: bool) -> None:
     print(f"table: {len(curves)} curves of {EPOCHS} epochs, best final unseen_accuracy {best:.3f}; "
           f"{sum(c[-1] >= threshold for c in curves.values())} configurations within {TOLERANCE}")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    runs: dict[str, list[dict]] = {s: [] for s in STRATEGIES}
+    runs: dict[str, list[dict]] = {s: [] for s in STRATEGIES + BOUNDS}
     began = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
-            for strategy in STRATEGIES:
+            for strategy in STRATEGIES + BOUNDS:
                 if strategy == "grid" and runs["grid"]:  # deterministic: one run stands for all seeds
                     runs["grid"].append(runs["grid"][0])
                     continue
-                r = replay(strategy, seed, curves, threshold, Path(tmp))
+                r = replay(strategy, seed, curves, threshold, Path(tmp), oracle_epoch)
                 runs[strategy].append(r)
                 print(f"seed {seed} {strategy:<12} {r['epochs_to_hit']:>4} epochs to within {TOLERANCE} "
                       f"({r['trials']} trials{'' if r['found'] else ', never reached'})", flush=True)
     ray.shutdown()
     # A run that never got within the tolerance counts as infinitely costly (inf in the median).
-    median = {s: statistics.median(r["epochs_to_hit"] for r in runs[s]) for s in STRATEGIES}
+    median = {s: statistics.median(r["epochs_to_hit"] for r in runs[s]) for s in STRATEGIES + BOUNDS}
     grid_total = runs["grid"][0]["epochs"]
 
     def fin(x: float, digits: int = 3):  # JSON has no infinity: a median that never got there is null
         return None if math.isinf(x) else round(x, digits)
+
+    def ratio(ours: float, theirs: float):
+        return None if math.isinf(theirs) else fin(ours / theirs)
 
     out = {
         "seeds": len(seeds), "table_best": round(best, 4), "tolerance": TOLERANCE,
@@ -263,10 +291,15 @@ def replay_all(quick: bool) -> None:
         "random_asha_epochs": fin(median["random_asha"]),
         "tpe_epochs": fin(median["tpe"]),
         "mixsearch_epochs": fin(median["mixsearch"]),
-        "found": {s: sum(r["found"] for r in runs[s]) for s in STRATEGIES},
+        "found": {s: sum(r["found"] for r in runs[s]) for s in STRATEGIES + BOUNDS},
         "ratio_vs_grid": fin(median["mixsearch"] / grid_total),
-        "ratio_vs_random_asha": fin(median["mixsearch"] / median["random_asha"]) if not math.isinf(median["random_asha"]) else None,
-        "ratio_vs_tpe": fin(median["mixsearch"] / median["tpe"]) if not math.isinf(median["tpe"]) else None,
+        "ratio_vs_random_asha": ratio(median["mixsearch"], median["random_asha"]),
+        "ratio_vs_tpe": ratio(median["mixsearch"], median["tpe"]),
+        # What an oracle stopping rule at the first rung would give, with either sampler.
+        "bound_random_oracle_epochs": fin(median["random_oracle"]),
+        "bound_mixsearch_oracle_epochs": fin(median["mixsearch_oracle"]),
+        "bound_ratio_vs_random_asha": ratio(median["mixsearch_oracle"], median["random_asha"]),
+        "bound_oracle_epoch": oracle_epoch or _project_config(0, 1).search.grace_period,
         "wall_s": round(time.time() - began),
     }
     print(json.dumps(out))
@@ -281,11 +314,13 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--gpu", action="store_true")
     b.add_argument("--out", type=Path, default=TABLE)
     ap.add_argument("--quick", action="store_true", help="3 seeds instead of 10")
+    ap.add_argument("--oracle-epoch", type=int, default=None,
+                    help="the epoch at which the bounds' oracle stops trials (default: ASHA's first rung)")
     args = ap.parse_args(argv)
     if args.cmd == "build-table":
         build_table(args.pool, args.workers, args.gpu, args.out)
     else:
-        replay_all(args.quick)
+        replay_all(args.quick, args.oracle_epoch)
 
 
 if __name__ == "__main__":
