@@ -271,7 +271,7 @@ def replay_all(quick: bool, oracle_epoch: int | None = None) -> None:
                     continue
                 r = replay(strategy, seed, curves, threshold, Path(tmp), oracle_epoch)
                 runs[strategy].append(r)
-                print(f"seed {seed} {strategy:<12} {r['epochs_to_hit']:>4} epochs to within {TOLERANCE} "
+                print(f"seed {seed} {strategy:<16} {r['epochs_to_hit']:>4} epochs to within {TOLERANCE} "
                       f"({r['trials']} trials{'' if r['found'] else ', never reached'})", flush=True)
     ray.shutdown()
     # A run that never got within the tolerance counts as infinitely costly (inf in the median).
