@@ -94,11 +94,12 @@ def _key(point: dict) -> tuple:
     return (AXES["weights"].index(point["weights"]), point["num_instructions"], point["learning_rate"])
 
 
-def build_table(pool: str, workers: int, gpu: bool, out: Path) -> None:
+def build_table(pool: str, workers: int, gpu: bool, out: Path, epochs: int = EPOCHS) -> None:
     """Train every grid point to the end, ``workers`` at a time; write the curves as JSON.
 
     The file is rewritten after every point and points already in it are skipped, so an
-    interrupted build continues where it stopped.
+    interrupted build continues where it stopped. ``epochs`` other than the replay's make a table
+    for study only (e.g. how well short schedules rank configs); the replay refuses it.
     """
     import multiprocessing as mp
 
@@ -106,7 +107,7 @@ def build_table(pool: str, workers: int, gpu: bool, out: Path) -> None:
 
     from search.config import Config, trial_setup
 
-    cfg = Config.model_validate({"training": {"epochs": EPOCHS, "eval_examples": EVAL_EXAMPLES}})
+    cfg = Config.model_validate({"training": {"epochs": epochs, "eval_examples": EVAL_EXAMPLES}})
     setup = trial_setup(cfg, Path(pool).resolve())
     setup["resources"] = {"cpu": 1, "gpu": 1 if gpu else 0}
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
@@ -116,9 +117,9 @@ def build_table(pool: str, workers: int, gpu: bool, out: Path) -> None:
     device = torch.cuda.get_device_name(0) if gpu else f"CPU ({os.cpu_count()} cores)"
     meta = {
         "built_with": "trainables.train.run_epochs; model and training of search/default.yaml "
-                      f"except epochs {EPOCHS} and eval_examples {EVAL_EXAMPLES}",
+                      f"except epochs {epochs} and eval_examples {EVAL_EXAMPLES}",
         "device": device, "workers": workers,
-        "epochs": EPOCHS, "budget": BUDGET, "eval_examples": EVAL_EXAMPLES, "axes": AXES,
+        "epochs": epochs, "budget": BUDGET, "eval_examples": EVAL_EXAMPLES, "axes": AXES,
     }
     began = time.time()
     # spawn: CUDA cannot be used in forked children.
@@ -313,12 +314,13 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--workers", type=int, default=2)
     b.add_argument("--gpu", action="store_true")
     b.add_argument("--out", type=Path, default=TABLE)
+    b.add_argument("--epochs", type=int, default=EPOCHS, help="length of each run's schedule")
     ap.add_argument("--quick", action="store_true", help="3 seeds instead of 10")
     ap.add_argument("--oracle-epoch", type=int, default=None,
                     help="the epoch at which the bounds' oracle stops trials (default: ASHA's first rung)")
     args = ap.parse_args(argv)
     if args.cmd == "build-table":
-        build_table(args.pool, args.workers, args.gpu, args.out)
+        build_table(args.pool, args.workers, args.gpu, args.out, args.epochs)
     else:
         replay_all(args.quick, args.oracle_epoch)
 
