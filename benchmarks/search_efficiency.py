@@ -8,7 +8,8 @@ Two steps:
    whole unseen split, 2,000 items, so the 0.02 tolerance is about twice the evaluation's
    standard error; a budget of 10,000 examples, so the table builds in about 47 minutes on
    2 cores), and writes each configuration's per-epoch ``unseen_accuracy`` curve to
-   ``benchmarks/search_efficiency_table.json`` (committed). It needs no Ray, so it runs on any machine with torch, e.g. a GPU box::
+   ``benchmarks/search_efficiency_table.json`` (committed). It needs no Ray, so it runs on any
+   machine with torch, e.g. a GPU box::
 
        python benchmarks/search_efficiency.py build-table --pool <pool of search/default.yaml> --workers 2
 
@@ -110,7 +111,12 @@ def build_table(pool: str, workers: int, gpu: bool, out: Path, epochs: int = EPO
     cfg = Config.model_validate({"training": {"epochs": epochs, "eval_examples": EVAL_EXAMPLES}})
     setup = trial_setup(cfg, Path(pool).resolve())
     setup["resources"] = {"cpu": 1, "gpu": 1 if gpu else 0}
-    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    rows = []
+    if out.exists():  # continue a build, but never mix curves of other epochs or axes into it
+        earlier = json.loads(out.read_text())
+        if earlier["meta"]["epochs"] != epochs or earlier["meta"]["axes"] != AXES:
+            raise SystemExit(f"{out} holds a table of other epochs or axes: give another --out")
+        rows = earlier["rows"]
     done = {_key(r) for r in rows}
     points = [dict(zip(AXES, values)) | {"budget": BUDGET} for values in itertools.product(*AXES.values())]
     points = [p for p in points if _key(p) not in done]
@@ -138,7 +144,7 @@ def build_table(pool: str, workers: int, gpu: bool, out: Path, epochs: int = EPO
 
 STRATEGIES = ("grid", "random_asha", "tpe", "mixsearch")
 # Bounds, not strategies: random sampling and this project's searcher with a stopping rule that
-# knows the table (an oracle), to show how far any stopping rule at the first rung could go.
+# knows the table (an oracle), to show how far any stopping rule deciding at that epoch could go.
 BOUNDS = ("random_oracle", "mixsearch_oracle")
 TRIALS_PER_TABLE_POINT = 4
 
