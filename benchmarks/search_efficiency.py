@@ -95,7 +95,7 @@ def _key(point: dict) -> tuple:
     return (AXES["weights"].index(point["weights"]), point["num_instructions"], point["learning_rate"])
 
 
-def build_table(pool: str, workers: int, gpu: bool, out: Path, epochs: int = EPOCHS) -> None:
+def build_table(pool: str | Path, workers: int, gpu: bool, out: Path, epochs: int = EPOCHS) -> None:
     """Train every grid point to the end, ``workers`` at a time; write the curves as JSON.
 
     The file is rewritten after every point and points already in it are skipped, so an
@@ -107,16 +107,22 @@ def build_table(pool: str, workers: int, gpu: bool, out: Path, epochs: int = EPO
     import torch
 
     from search.config import Config, trial_setup
+    from search.pool import Manifest
 
-    cfg = Config.model_validate({"training": {"epochs": epochs, "eval_examples": EVAL_EXAMPLES}})
-    setup = trial_setup(cfg, Path(pool).resolve())
-    setup["resources"] = {"cpu": 1, "gpu": 1 if gpu else 0}
     rows = []
     if out.exists():  # continue a build, but never mix curves of other epochs or axes into it
         earlier = json.loads(out.read_text())
         if earlier["meta"]["epochs"] != epochs or earlier["meta"]["axes"] != AXES:
             raise SystemExit(f"{out} holds a table of other epochs or axes: give another --out")
         rows = earlier["rows"]
+    pool = Path(pool).resolve()
+    domains = Manifest.load(pool).domains  # a bad pool fails now, not in every one of 60 runs
+    if sorted(domains) != sorted(DOMAINS):
+        raise SystemExit(f"{pool} has domains {domains}; the table's mixtures need {DOMAINS}: "
+                         "give the pool of search/default.yaml")
+    cfg = Config.model_validate({"training": {"epochs": epochs, "eval_examples": EVAL_EXAMPLES}})
+    setup = trial_setup(cfg, pool)
+    setup["resources"] = {"cpu": 1, "gpu": 1 if gpu else 0}
     done = {_key(r) for r in rows}
     points = [dict(zip(AXES, values)) | {"budget": BUDGET} for values in itertools.product(*AXES.values())]
     points = [p for p in points if _key(p) not in done]

@@ -1,0 +1,78 @@
+"""The search-efficiency benchmark is a measuring instrument: it must count compute exactly and
+refuse input that would corrupt its table."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from search.pool import PoolError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("search_efficiency", ROOT / "benchmarks" / "search_efficiency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+se = _load_benchmark()
+GOOD_FINAL, BAD_FINAL = 0.9, 0.1
+
+
+def test_build_table_refuses_to_continue_a_table_of_other_epochs(tmp_path):
+    out = tmp_path / "table.json"
+    out.write_text(json.dumps({"meta": {"epochs": 2, "axes": se.AXES}, "rows": [{"curve": [0.1, 0.2]}]}))
+    before = out.read_text()
+    with pytest.raises(SystemExit, match="other epochs or axes"):
+        se.build_table(tmp_path / "pool", workers=1, gpu=False, out=out, epochs=se.EPOCHS)
+    assert out.read_text() == before
+
+
+def test_build_table_checks_the_pool_before_training(tmp_path):
+    out = tmp_path / "table.json"
+    with pytest.raises(PoolError, match="not a prepared pool"):
+        se.build_table(tmp_path / "missing", workers=1, gpu=False, out=out)
+    assert not out.exists()
+
+
+@pytest.fixture
+def small_table(monkeypatch):
+    """Four configurations (two mixtures x two instruction counts); one ends good, late."""
+    axes = {"weights": se.AXES["weights"][:2], "num_instructions": [40, 600], "learning_rate": [0.0015]}
+    monkeypatch.setattr(se, "AXES", axes)
+    good = (1, 600, 0.0015)
+    curves = {}
+    for w, n, lr in itertools.product(range(2), axes["num_instructions"], axes["learning_rate"]):
+        rising = (w, n, lr) == good
+        curves[(w, n, lr)] = [BAD_FINAL * e / se.EPOCHS for e in range(1, se.EPOCHS)] + [GOOD_FINAL if rising else BAD_FINAL]
+    return curves
+
+
+def test_replay_counts_each_epoch_once(ray_cluster, small_table, tmp_path):
+    # Tune repeats a trial's last result when it ends; the count must not.
+    r = se.replay("grid", 0, small_table, GOOD_FINAL - se.TOLERANCE, tmp_path)
+    assert r["found"] and r["trials"] == 4
+    assert r["epochs"] == 4 * se.EPOCHS
+    assert se.EPOCHS <= r["epochs_to_hit"] <= 4 * se.EPOCHS
+
+
+def test_oracle_stops_every_short_trial_at_its_epoch(ray_cluster, small_table, tmp_path):
+    # No curve reaches this threshold: the oracle stops every trial at epoch 2, none is found.
+    r = se.replay("random_oracle", 0, small_table, 2.0, tmp_path, oracle_epoch=2)
+    n = se.TRIALS_PER_TABLE_POINT * len(small_table)
+    assert r["trials"] == n and not r["found"] and math.isinf(r["epochs_to_hit"])
+    assert r["epochs"] == 2 * n
+
+
+def test_mixsearch_replay_trains_no_configuration_twice(ray_cluster, small_table, tmp_path):
+    r = se.replay("mixsearch", 0, small_table, GOOD_FINAL - se.TOLERANCE, tmp_path)
+    assert r["found"]
+    assert r["epochs_to_hit"] <= 4 * se.EPOCHS  # each of the 4 configurations at most once
