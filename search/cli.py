@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     sur = summary.surrogate or {}
     if "proposal" in sur:
         prop = sur["proposal"]
-        print(f"surrogate (cross-validated rank correlation {sur['cv_rank_correlation']:.2f}) proposes, "
-              f"predicting {prop['predicted_unseen_accuracy']:.3f}:")
+        print(f"surrogate (cross-validated rank correlation {sur['cv_rank_correlation']:.2f} over the last "
+              f"results of {sur['trials']} trials, {sur['finished_trials']} run to the end) proposes, "
+              f"near those, predicting {prop['predicted_unseen_accuracy']:.3f} +- {prop['predicted_std']:.3f}:")
         for k, v in prop["config"].items():
             print(f"  {k}: {v}")
     elif sur:

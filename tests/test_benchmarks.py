@@ -1,5 +1,5 @@
 """The search-efficiency benchmark is a measuring instrument: it must count compute exactly and
-refuse input that would corrupt its table."""
+refuse input that would corrupt its table. The surrogate-quality one must cut curves as ASHA does."""
 
 from __future__ import annotations
 
@@ -16,14 +16,15 @@ from search.pool import PoolError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("search_efficiency", ROOT / "benchmarks" / "search_efficiency.py")
+def _load_benchmark(name: str = "search_efficiency"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 se = _load_benchmark()
+sq = _load_benchmark("surrogate_quality")
 GOOD_FINAL, BAD_FINAL = 0.9, 0.1
 
 
@@ -76,3 +77,21 @@ def test_mixsearch_replay_trains_no_configuration_twice(ray_cluster, small_table
     r = se.replay("mixsearch", 0, small_table, GOOD_FINAL - se.TOLERANCE, tmp_path)
     assert r["found"]
     assert r["epochs_to_hit"] <= 4 * se.EPOCHS  # each of the 4 configurations at most once
+
+
+def test_surrogate_quality_cuts_curves_where_asha_stops_them():
+    # Rungs at epochs 2 and 6 (grace 2, reduction 3, 8 epochs). The first trial at a rung always
+    # goes on; later ones only from the top third of that rung's results so far.
+    first = [0.1, 0.5, 0.6, 0.7, 0.8, 0.9, 0.9, 0.9]
+    low_at_2 = [0.1, 0.2, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+    high_at_2_low_at_6 = [0.1, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]
+    high = [0.1, 0.7, 0.8, 0.9, 0.9, 0.95, 0.95, 0.95]
+    cut = sq.asha_cut([first, low_at_2, high_at_2_low_at_6, high], grace=2, rf=3)
+    assert [len(c) for c in cut] == [8, 2, 6, 8]
+    assert cut[2] == high_at_2_low_at_6[:6]
+
+
+def test_surrogate_quality_on_the_table_reports_both_correlations():
+    out = sq.table(seeds=2)
+    assert out["seeds"] == 2
+    assert -1 <= out["reported_cv_rank_correlation"] <= 1 and -1 <= out["true_rank_correlation"] <= 1

@@ -3,11 +3,12 @@ its proposal, on curves whose true optimum is known."""
 
 import math
 import random
+import statistics
 
 import pytest
 
 from search.config import SpaceConfig
-from search.surrogate import Curve, analyse, cv_rank_correlation, sample_space
+from search.surrogate import Curve, analyse, cv_rank_correlation, local_candidates, sample_space
 
 SPACE = SpaceConfig.model_validate({
     "weights": {"simplex": ["a", "b", "c"]},
@@ -90,3 +91,46 @@ def test_other_knobs_become_features(knob):
     out = analyse(data, space, 2)
     assert out["cv_rank_correlation"] > 0.8
     assert out["proposal"]["config"][knob] > 0.8 * max(c.config[knob] for c in data)
+
+
+def test_local_candidates_stay_in_the_space_and_near_their_anchor():
+    space = SpaceConfig.model_validate({**SPACE.model_dump(exclude_none=True),
+                                        "weights": {"simplex": ["a", "b", "c"], "min_weight": 0.05, "dropout": True}})
+    anchor = {"weights": {"a": 0.7, "b": 0.3, "c": 0.0}, "num_instructions": 600, "budget": 5000, "learning_rate": 0.003}
+    near = local_candidates(space, [anchor], 300, seed=0)
+    log_range = math.log(2000 / 8)
+    for c in near:
+        w = c["weights"]
+        assert abs(sum(w.values()) - 1) < 1e-9 and w["c"] == 0.0  # a domain left out stays out
+        assert min(w["a"], w["b"]) >= 0.05 - 1e-12                  # min_weight holds
+        assert 8 <= c["num_instructions"] <= 2000 and isinstance(c["num_instructions"], int)
+        assert 0.001 <= c["learning_rate"] <= 0.01 and c["budget"] == 5000
+    steps = sorted(abs(math.log(c["num_instructions"] / 600)) for c in near)
+    # A Gaussian step of 0.05 of the log range: the median move is about 0.034 of it.
+    assert 0.015 * log_range < steps[len(steps) // 2] < 0.06 * log_range
+    assert statistics.mean(abs(c["weights"]["a"] - 0.7) for c in near) < 0.06
+    assert len({c["num_instructions"] for c in near}) > 20  # it does move
+
+
+def test_proposal_does_not_extrapolate_the_early_epochs_of_stopped_trials():
+    """The default search's failure, in small: early epochs rise with weight ``a`` whatever the
+    instruction count, finals need many instructions, and only balanced trials ran to the end.
+    A proposal from the whole space followed the early trend into a corner no trial reached."""
+    def final(c):
+        return 0.9 / (1 + math.exp(-(math.log(c["num_instructions"]) - math.log(150))))
+
+    rng = random.Random(0)
+    data = []
+    for i, c in enumerate(sample_space(SPACE, 40, seed=5)):
+        finished = max(c["weights"].values()) < 0.5 and c["num_instructions"] > 300
+        early = [0.05 + 0.1 * c["weights"]["a"] * e + rng.gauss(0, 0.005) for e in (1, 2)]
+        pts = [(1, early[0]), (2, early[1])]
+        if finished:
+            pts += [(e, final(c) * e / EPOCHS + rng.gauss(0, 0.005)) for e in (3, 4)]
+        data.append(Curve(f"t{i}", c, pts))
+    out = analyse(data, SPACE, EPOCHS, seed=0)
+    assert out["finished_trials"] == sum(c.points[-1][0] == EPOCHS for c in data) >= 4
+    best = max(final(c.config) for c in data if c.points[-1][0] == EPOCHS)
+    for p in out["proposals"]:
+        assert final(p["config"]) >= best - 0.05
+        assert max(p["config"]["weights"].values()) < 0.6
