@@ -6,10 +6,10 @@ epoch as a feature, so trials that ASHA stopped early still inform it, and predi
 the last epoch. Its quality is the rank correlation (Spearman) between held-out trials' predicted
 and observed last values, each at the epoch its trial stopped, cross-validated by trial. That
 credits the fit for knowing that later epochs score higher: with most trials stopped early it
-overstates how well the fit ranks final values (README: 0.70 reported, 0.38 true, on the
-benchmark's table). Its proposal is the best predicted point of
-many drawn near the trials that ran to the end (a trust region: elsewhere the fit only
-extrapolates the early epochs of stopped trials), plus those trials' own configs.
+overstates how well the fit ranks final values (README: medians 0.67 reported, 0.41 true, on
+the benchmark's table). Its proposal is the best predicted point of many drawn near the trials
+that ran to the end (a trust region: elsewhere the fit only extrapolates the early epochs of
+stopped trials), plus those trials' own configs.
 
 Features: each domain's weight; log of the counts, budget and learning rate; the other knobs as
 they are; log of the epoch. Columns that never vary are dropped.
