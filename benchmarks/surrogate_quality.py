@@ -8,8 +8,8 @@ Two measurements:
    reduction factor of ``search/default.yaml``), then fits the surrogate to what is left, as the
    driver does after a search. It compares the cross-validated rank correlation the summary
    would report with the true one: the Spearman correlation between the fit's predicted final
-   values of all 60 configurations and their final values in the table. Medians and quartiles over seeds (the true figure is spread wide: which
-trials ran to the end decides much)::
+   values of all 60 configurations and their final values in the table. Medians and quartiles
+   over seeds (the true figure is spread wide: which trials ran to the end decides much)::
 
        python benchmarks/surrogate_quality.py            # 100 seeds
        python benchmarks/surrogate_quality.py --quick    # 20 seeds
@@ -90,6 +90,7 @@ def table(seeds: int) -> dict:
         true.append(float(spearmanr(mu, finals).statistic))
         print(f"seed {seed}: {sum(len(c) == epochs for c in cut)} of {TRIALS} ran to the end; "
               f"reported {reported[-1]:.2f}, true {true[-1]:.2f}", flush=True)
+
     def quartiles(xs: list[float]) -> list[float]:
         q = statistics.quantiles(xs, n=4)
         return [round(q[0], 3), round(q[2], 3)]

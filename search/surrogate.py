@@ -156,10 +156,10 @@ def local_candidates(space: SpaceConfig, anchors: list[dict[str, Any]], n: int, 
     probability ``step`` takes another; fixed values stay.
     """
     rng = np.random.default_rng(seed)
+    w = space.weights
     out = []
     for i in range(n):
         anchor = anchors[i % len(anchors)]
-        w = space.weights
         weights = dict(anchor["weights"])
         if isinstance(w, Simplex):
             kept = [d for d in w.simplex if weights.get(d, 0.0) > 0]
