@@ -1,5 +1,10 @@
 """The trainable: it learns, resumes exactly, and its exact match is greedy decoding's."""
 
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -94,3 +99,32 @@ def test_a_model_saved_with_save_pretrained_loads_back(tmp_path, small_pool):
     ids = torch.tensor([tok2("ab->c|abab=")["input_ids"]])
     assert tok2("ab->c|abab=")["input_ids"] == tok("ab->c|abab=")["input_ids"]
     assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+# A stopped trial's thread frees its data (tens of thousands of row tensors) while Tune may already
+# be ending the actor's process: the shape of the aborts seen in trainable workers' logs.
+STOPPED_TRIAL_AT_EXIT = textwrap.dedent("""
+    import sys, threading
+    import torch
+    from trainables.train import wait_for_at_exit
+    freeing = threading.Event()
+    def trial_thread():
+        if sys.argv[1] == "wait":
+            wait_for_at_exit(threading.current_thread())
+        rows = [torch.zeros(4) for _ in range(50_000)]
+        freeing.set()
+        del rows
+    threading.Thread(target=trial_thread, daemon=True).start()
+    freeing.wait()  # the main thread ends the process while the trial's thread frees tensors
+""")
+
+
+def test_a_process_ending_while_a_trial_thread_frees_tensors_exits_cleanly():
+    def run(mode):
+        return subprocess.run([sys.executable, "-c", STOPPED_TRIAL_AT_EXIT, mode], capture_output=True, text=True,
+                              cwd=Path(__file__).parents[1])
+
+    unguarded = run("no-wait")
+    assert unguarded.returncode != 0, "the hazard this guards against no longer occurs with this Python and torch"
+    guarded = run("wait")
+    assert guarded.returncode == 0, guarded.stderr[-2000:]

@@ -15,12 +15,15 @@ checkpoint), so a trial restored from its checkpoint continues on the trajectory
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import math
 import random
 import tempfile
+import threading
 import time
+import weakref
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -223,6 +226,28 @@ def run_epochs(config: dict, resume_from: Path | None = None) -> Iterator[tuple[
         maybe_inject(model)  # no-op unless fault injection is configured (tests of failure handling)
 
 
+# Tune stops a trial by raising SystemExit in the trial's (daemon) thread and may end the actor's
+# process right after. If the interpreter finalizes while that thread is still freeing the trial's
+# tensors, the thread is ended by pthread_exit inside torch's deallocator, whose C++ frames turn
+# the unwinding into std::terminate: the worker aborts ("Fatal Python error: Aborted" and a long
+# stack in the search's output). At exit, give trial threads a few seconds to finish.
+_trial_threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+THREAD_EXIT_WAIT_S = 5.0
+
+
+def wait_for_at_exit(thread: threading.Thread) -> None:
+    """Make this process's exit wait (up to ``THREAD_EXIT_WAIT_S`` in all) for ``thread``."""
+    _trial_threads.add(thread)
+
+
+@atexit.register
+def _join_trial_threads() -> None:
+    deadline = time.monotonic() + THREAD_EXIT_WAIT_S
+    for thread in list(_trial_threads):
+        if thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 # Failures that a retry would only repeat: the trial stops with the reason instead of erroring.
 DETERMINISTIC = {FloatingPointError: "nan_loss", torch.OutOfMemoryError: "out_of_memory"}
 
@@ -238,6 +263,7 @@ def trainable(config: dict, setup: dict) -> None:
     import ray
     from ray import tune
 
+    wait_for_at_exit(threading.current_thread())
     config = {**config, "setup": setup}
     every = setup["training"]["checkpoint_every"]
     epochs = setup["training"]["epochs"]
