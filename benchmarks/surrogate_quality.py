@@ -35,9 +35,9 @@ import sys
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
 TABLE = Path(__file__).with_name("search_efficiency_table.json")
 TRIALS = 12
 
