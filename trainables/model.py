@@ -56,10 +56,15 @@ def load(model_cfg: dict):
     if model_cfg.get("lora"):
         from peft import LoraConfig, get_peft_model
 
+        from transformers.pytorch_utils import Conv1D
+
         lora = model_cfg["lora"]
+        # GPT-2-style models store their projections transposed (Conv1D): peft must be told,
+        # or it warns in every trial before correcting the setting itself.
+        transposed = any(isinstance(m, Conv1D) for m in model.modules())
         model = get_peft_model(model, LoraConfig(
             r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-            target_modules=lora["target_modules"], task_type="CAUSAL_LM",
+            target_modules=lora["target_modules"], task_type="CAUSAL_LM", fan_in_fan_out=transposed,
         ))
     return model, tokenizer
 
