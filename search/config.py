@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 
 from search import corpus
 
@@ -294,7 +295,30 @@ class WeightChoices(_Strict):
         return v
 
 
-Number = Union[float, Range, Choices]
+def _shape(value: Any) -> str:
+    """Which form a searched value takes, read from its keys.
+
+    Picking the branch up front means an error speaks of the form the user wrote: a range with
+    low above high is reported as just that, not also as "not a number" and "choices missing".
+    The tags are capitalized so that error locations drop them, like pydantic's own class names.
+    """
+    if isinstance(value, BaseModel):
+        return type(value).__name__
+    if isinstance(value, dict):
+        if "simplex" in value:
+            return "Simplex"
+        if "choices" in value:
+            return "Choices"
+        return "Range" if {"low", "high"} & set(value) else "Mapping"
+    return "Fixed"
+
+
+Number = Annotated[
+    Union[Annotated[float, Tag("Fixed")], Annotated[Range, Tag("Range")],
+          Annotated[Choices, Tag("Choices")]],
+    # A mapping with neither low, high nor choices is read as a malformed range.
+    Discriminator(lambda v: {"Mapping": "Range"}.get(_shape(v), _shape(v))),
+]
 
 
 def _most(n: Number) -> float:
@@ -303,6 +327,15 @@ def _most(n: Number) -> float:
 
 def _least(n: Number) -> float:
     return n.low if isinstance(n, Range) else min(n.choices) if isinstance(n, Choices) else n
+
+
+Weights = Annotated[
+    Union[Annotated[Simplex, Tag("Simplex")], Annotated[WeightChoices, Tag("Choices")],
+          Annotated[dict[str, float], Tag("Mapping")]],
+    # A bare number is reported as "not a mapping" rather than against every form.
+    Discriminator(lambda v: {"Fixed": "Mapping", "Range": "Mapping",
+                             "WeightChoices": "Choices"}.get(_shape(v), _shape(v))),
+]
 
 
 class SpaceConfig(_Strict):
@@ -315,7 +348,7 @@ class SpaceConfig(_Strict):
     ``warmup_fraction`` default to the training section's values.
     """
 
-    weights: Union[Simplex, WeightChoices, dict[str, float]] = Simplex(simplex=list(corpus.DOMAINS))
+    weights: Weights = Simplex(simplex=list(corpus.DOMAINS))
     num_instructions: Optional[Number] = Range(low=8, high=2000, log=True)
     examples_per_instruction: Optional[Number] = None
     budget: Number = 20000
@@ -478,6 +511,12 @@ def _where(source: str, root: yaml.Node | None, loc: tuple[Any, ...]) -> str:
     return f"{at}, key {key}"
 
 
+_FORMS = {
+    "Fixed": "a knob is a number, {low: .., high: .., log: ..} or {choices: [..]}",
+    "Mapping": "weights are {domain: weight, ..}, {simplex: [domains]} or {choices: [mixtures]}",
+}
+
+
 def _format(err: ValidationError, source: str, root: yaml.Node | None) -> str:
     seen, lines = set(), []
     for e in err.errors():
@@ -485,6 +524,8 @@ def _format(err: ValidationError, source: str, root: yaml.Node | None) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif e["loc"][-1:] in (("Fixed",), ("Mapping",)):  # the value has none of the allowed forms
+            msg += f" ({_FORMS[e['loc'][-1]]})"
         if (where, msg) not in seen:
             seen.add((where, msg))
             lines.append(f"{where}: {msg}")

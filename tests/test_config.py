@@ -46,6 +46,22 @@ def test_impossible_values(tmp_path, extra, key, words):
     assert f"key {key}" in msg and words in msg
 
 
+@pytest.mark.parametrize(
+    "space, expected",
+    [({"learning_rate": {"low": 0.1, "high": 0.01}}, ["learning_rate: low (0.1) must be below high (0.01)"]),
+     ({"skew": {"choices": [0.1, "x"]}}, ["skew.choices.1: Input should be a valid number"]),
+     ({"learning_rate": [0.1, 0.2]}, ["learning_rate: Input should be a valid number (a knob is a number, {low"]),
+     ({"weights": {"simplex": ["random"], "min_weight": 2}}, ["weights.min_weight: Input should be less than 1"]),
+     ({"weights": 3}, ["weights: Input should be a valid dictionary (weights are {domain: weight"])],
+)
+def test_a_searched_value_is_judged_by_the_form_it_takes(tmp_path, space, expected):
+    # One line per real mistake: not also "not a number" and "choices missing" for a bad range.
+    lines = error_of(write_config(tmp_path, {"search": {"space": space}})).splitlines()[1:]
+    assert len(lines) == len(expected), lines
+    for line, words in zip(lines, expected):
+        assert f"key search.space.{words}" in line, line
+
+
 def test_more_instructions_than_the_pool_holds(tmp_path):
     # SMALL: 30 rules in each of 4 domains = 120 in the pool.
     path = write_config(tmp_path, {"search": {"space": {"num_instructions": {"low": 4, "high": 500}}}})
