@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "prepare":
             cfg = load_config(args.config)
             from search.driver import init_ray
-            from search.pool import Manifest, prepare
+            from search.pool import Manifest, pool_path, prepare
 
+            pool_path(cfg)  # a files corpus's missing files fail here, before Ray starts
             init_ray(cfg)
             pool = prepare(cfg, force=args.force)
             m = Manifest.load(pool)

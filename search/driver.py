@@ -298,7 +298,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from search.pool import Manifest, prepare
+    from search.pool import Manifest, pool_path, prepare
 
     fs, exp, shown = experiment_location(cfg)
     # Decide before touching Ray: never overwrite an experiment. --resume finishes one, or starts
@@ -315,6 +315,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
         expand_secrets(cfg.search.study_storage)  # a missing variable fails here, before Ray starts
     if cfg.search.start_from and not resume:
         previous_proposals(cfg)  # a missing or empty previous experiment fails here, before Ray starts
+    pool_path(cfg)  # so do a files corpus's missing files (its pool is named by their sizes and times)
     started = time.time()
     # torch and transformers take seconds to import and the driver needs them only to hand Tune
     # the trainable: import them while the local cluster starts (about 1.7 s less per search).

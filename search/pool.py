@@ -112,14 +112,17 @@ class Manifest:
 
 def spec_hash(cfg: Config) -> str:
     """Hash of everything that determines the pool's content (for files: their paths, sizes and
-    modification times, so an edited file makes a new pool)."""
+    modification times, so an edited file makes a new pool). A files corpus whose files or task
+    list are missing fails here, with an ``IngestError``."""
     if cfg.corpus.source == "files":
-        from search.ingest import list_files
+        from search.ingest import IngestError, list_files
 
         fc = cfg.corpus.files
         stamps = [(p, os.path.getsize(p), os.stat(p).st_mtime_ns) for p, _ in list_files(fc)]
-        if fc.unseen.tasks_file and os.path.exists(os.path.expanduser(fc.unseen.tasks_file)):
+        if fc.unseen.tasks_file:
             t = os.path.expanduser(fc.unseen.tasks_file)
+            if not os.path.isfile(t):
+                raise IngestError(f"{fc.unseen.tasks_file}: no such file (corpus.files.unseen.tasks_file)")
             stamps.append((os.path.abspath(t), os.path.getsize(t), os.stat(t).st_mtime_ns))
         # Token ids are stored, so the tokenizer and the length limit are part of the spec.
         tokens = {"tokenizer": cfg.model.pretrained or "char", "max_length": cfg.model.max_length}

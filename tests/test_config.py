@@ -104,6 +104,27 @@ def test_cli_reports_errors_without_traceback_and_before_ray(tmp_path, capsys):
     assert not (tmp_path / "results").exists() and not (tmp_path / "pools").exists()
 
 
+@pytest.mark.parametrize("verb", ["prepare", "run"])
+@pytest.mark.parametrize("missing", ["paths", "tasks_file"])
+def test_a_missing_corpus_file_is_one_line_before_ray(tmp_path, capsys, verb, missing):
+    import yaml
+
+    data = tmp_path / "c.jsonl"
+    data.write_text('{"instruction": "i", "output": "o", "domain": "d"}\n')
+    files = {"paths": [str(data)], "unseen": {"tasks_file": str(tmp_path / "unseen.txt")}}
+    if missing == "paths":
+        files = {"paths": [str(tmp_path / "missing.jsonl")], "unseen": {"fraction": 0.2}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"storage_path": str(tmp_path / "results"), "corpus": {
+        "source": "files", "pool_dir": str(tmp_path / "pools"), "files": files}}))
+    assert main([verb, str(path)]) == 2
+    err = capsys.readouterr().err
+    name = "missing.jsonl" if missing == "paths" else "unseen.txt"
+    assert err.startswith("error: ") and f"{name}: no such file" in err and "Traceback" not in err
+    assert not ray.is_initialized()
+    assert not (tmp_path / "results").exists() and not (tmp_path / "pools").exists()
+
+
 def test_cli_num_samples_override(tmp_path):
     from search.config import load_config as lc
 
