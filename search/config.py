@@ -88,8 +88,9 @@ class StringRewriteConfig(_Strict):
 
 
 class Columns(_Strict):
-    """Which column of the files holds what. ``domain`` falls back to ``category`` when the files
-    have no ``domain`` column; without a ``task`` column a task is a distinct normalized instruction."""
+    """Which column of the files holds what. Left at its default, ``domain`` falls back to
+    ``category`` when the files have no ``domain`` column, and without a ``task`` column a task is a
+    distinct normalized instruction; a column named here must be in the files."""
 
     instruction: str = "instruction"
     input: str = "input"

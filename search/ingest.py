@@ -159,8 +159,8 @@ class _Rows:
         for role in ("instruction", "input", "output", "domain", "task"):
             name = getattr(columns, role)
             v = record.get(name)
-            if v is None and role == "domain":
-                v = record.get("category")
+            if v is None and role == "domain" and name == "domain":
+                v = record.get("category")  # only for the default name: a named column is meant
             if v is None:
                 if role in ("instruction", "output"):
                     return self.fault(file, line, f"missing_column:{name}", buckets)
@@ -443,6 +443,10 @@ class TaskPlan:
 def plan_tasks(cfg: FilesConfig, tasks: list[dict], source: str) -> TaskPlan:
     """Domains (a column or clusters), the unseen split and its leak check, and rule indices
     (random within each split and domain), from the task table of the clean pass."""
+    # A task column named in the config but in no row: tasks would silently become instructions.
+    if cfg.columns.task != "task" and all(t["task"] == t["task_key"] for t in tasks):
+        raise IngestError(f"{source}: no row has the task column {cfg.columns.task!r} "
+                          "(corpus.files.columns.task); leave it out to make each distinct instruction a task")
     # Domains: from the column, or clustered from the instructions.
     tasks.sort(key=lambda t: t["task"])
     top_terms: dict[str, list[str]] = {}
@@ -453,8 +457,9 @@ def plan_tasks(cfg: FilesConfig, tasks: list[dict], source: str) -> TaskPlan:
     else:
         unlabelled = [t["task"] for t in tasks if t["domain"] is None]
         if unlabelled:
+            also = " (or 'category')" if cfg.columns.domain == "domain" else ""
             raise IngestError(
-                f"{source}: no domain in column {cfg.columns.domain!r} (or 'category') for {len(unlabelled)} "
+                f"{source}: no domain in column {cfg.columns.domain!r}{also} for {len(unlabelled)} "
                 f"tasks, e.g. {unlabelled[:3]}; name the column in corpus.files.columns.domain, or derive "
                 "domains with corpus.files.domains.clusters: k"
             )

@@ -176,17 +176,16 @@ def test_file_level_faults_are_clear_errors_and_leave_no_pool(ray_cluster, tmp_p
     assert ray.data.DataContext.get_current().op_resource_reservation_enabled
 
 
-def test_errors_reach_the_cli_as_one_line_not_a_traceback(tmp_path, capsys):
-    import yaml
-
-    from search.cli import main
-
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"corpus": {"source": "files", "pool_dir": str(tmp_path / "pools"), "files": {
-        "paths": [str(tmp_path / "missing.jsonl")], "unseen": {"fraction": 0.2}}}}))
-    assert main(["prepare", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "missing.jsonl: no such file" in err and "Traceback" not in err
+def test_a_named_column_must_exist_and_category_stands_in_for_the_default_only(ray_cluster, tmp_path):
+    recs = [{**{k: v for k, v in r.items() if k != "domain"}, "category": r["domain"]} for r in rows(4, 2)]
+    files = {"paths": [str(write_jsonl(tmp_path / "c.jsonl", recs))], "unseen": {"fraction": 0.5}}
+    m = Manifest.load(prepare(config(tmp_path / "default", files)))
+    assert set(m.train) | set(m.unseen) == {"math", "text"}  # the default name: category stands in
+    with pytest.raises(IngestError, match=r"no domain in column 'categry' for 4 tasks"):
+        prepare(config(tmp_path / "typo", {**files, "columns": {"domain": "categry"}}))
+    with pytest.raises(IngestError, match=r"no row has the task column 'task_name'"):
+        prepare(config(tmp_path / "task", {**files, "columns": {"domain": "category", "task": "task_name"}}))
+    assert leftovers(tmp_path / "typo") == [] and leftovers(tmp_path / "task") == []
 
 
 def test_unseen_by_domain_and_by_task_file(ray_cluster, tmp_path):
