@@ -1,8 +1,9 @@
 """Stage 6, report: load an experiment's results into pandas, for notebooks and scripts.
 
-    from analysis.results import trials, curves, front, proposals
+    from analysis.results import trials, curves, progress, front, proposals
     df = trials("mixsearch_results/default")      # one row per trial, weights flattened
-    cv = curves("mixsearch_results/default")      # one row per (trial, epoch)
+    cv = curves("mixsearch_results/default")      # one row per (trial, epoch), with its config
+    pg = progress("mixsearch_results/default")    # one row per trial so far (a running search too)
     pf = front("mixsearch_results/default")       # the Pareto front, with search.pareto set
     pr = proposals("mixsearch_results/default")   # the surrogate's predicted-best configs
 """
@@ -15,6 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 SUMMARY = "summary.json"
+METRIC = "unseen_accuracy"
+# Optuna's raw simplex draws: the normalized weights are what a trial trained on.
+INTERNAL = {"simplex_u"}
 
 
 def load_summary(experiment: str | Path) -> dict:
@@ -37,14 +41,45 @@ def trials(experiment: str | Path) -> pd.DataFrame:
 
 
 def curves(experiment: str | Path) -> pd.DataFrame:
-    """Every reported epoch of every trial, read from Tune's per-trial ``result.json`` logs."""
-    rows = []
+    """Every reported epoch of every trial, with its config (flattened as in ``trials``), read
+    from Tune's per-trial ``result.json`` logs: readable while the search runs. An epoch reported
+    twice (Tune delivers results at least once) keeps its last value."""
+    return _logs(experiment)[0]
+
+
+def progress(experiment: str | Path) -> pd.DataFrame:
+    """One row per trial so far, best first: epochs reported, last and best ``unseen_accuracy``,
+    and the config. Read from the trial logs, so it works on a running or interrupted search,
+    before ``summary.json`` is written."""
+    cv, knobs = _logs(experiment)
+    if cv.empty:
+        return pd.DataFrame(columns=["trial_id", "epochs", "unseen_accuracy", "best_unseen_accuracy"])
+    by_trial = cv.sort_values("epoch").groupby("trial_id", sort=False)
+    last = by_trial.tail(1).set_index("trial_id")
+    out = pd.DataFrame({"epochs": last["epoch"].astype(int), "unseen_accuracy": last[METRIC],
+                        "best_unseen_accuracy": by_trial[METRIC].max()}).join(last[knobs])
+    return out.reset_index().sort_values(METRIC, ascending=False, na_position="last", ignore_index=True)
+
+
+def _logs(experiment: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """(one row per trial and epoch, the names of the config's columns in it)."""
+    rows, knobs = [], {}
     for log in sorted(Path(experiment).glob("*/result.json")):
         for line in log.read_text().splitlines():
-            if line.strip():
+            if not line.strip():
+                continue
+            try:
                 r = json.loads(line)
-                rows.append({k: v for k, v in r.items() if not isinstance(v, dict)} | {"trial_dir": log.parent.name})
-    return pd.DataFrame(rows)
+            except json.JSONDecodeError:  # the last line of a trial still writing it
+                continue
+            config = _flat({k: v for k, v in r.get("config", {}).items() if k not in INTERNAL})
+            knobs.update(dict.fromkeys(config))
+            metrics = {k: v for k, v in r.items() if not isinstance(v, dict)}
+            rows.append(metrics | config | {"trial_dir": log.parent.name})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df, []
+    return df.drop_duplicates(["trial_id", "epoch"], keep="last").reset_index(drop=True), list(knobs)
 
 
 def _flat(config: dict) -> dict:

@@ -3,11 +3,13 @@
     mixsearch config              print the default config (copy it, edit it)
     mixsearch prepare [CONFIG]    write (or reuse) the pool of a config
     mixsearch run [CONFIG]        prepare if needed, search, write summary.json
+    mixsearch report EXPERIMENT   what a search found (or, while it runs, has found), and plots
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -31,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="finish an interrupted experiment")
     run.add_argument("--start-from", metavar="EXPERIMENT",
                      help="a previous experiment (folder or summary.json): try its surrogate's proposals first")
+
+    rep = verbs.add_parser("report", help="summarize an experiment, finished or running, and plot it")
+    rep.add_argument("experiment", help="the experiment's folder (STORAGE_PATH/NAME)")
+    rep.add_argument("--out", help="where the plots go (default: EXPERIMENT/report)")
     return p
 
 
@@ -44,6 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.verb == "config":
         sys.stdout.write(DEFAULT_CONFIG.read_text())
+        return 0
+    if args.verb == "report":
+        from analysis.report import ReportError, report
+
+        try:
+            text, written = report(args.experiment, args.out)
+        except ReportError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(text)
+        if written:
+            print("plots: " + ", ".join(str(p) for p in written))
         return 0
     try:
         if args.verb == "prepare":
@@ -76,27 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    best = summary.best
-    print(f"\n{summary.num_trials} trials in {summary.wall_seconds:.0f}s")
-    if best:
-        print(f"best trial {best['trial_id']}: unseen_accuracy {best['unseen_accuracy']:.3f}")
-        for k, v in best["config"].items():
-            print(f"  {k}: {v}")
-    if summary.pareto:
-        print(f"pareto front (unseen accuracy against {summary.pareto['against']}):")
-        for p in summary.pareto["front"]:
-            print(f"  {p['trial_id']}: {p['unseen_accuracy']:.3f} at {p[summary.pareto['against']]:g}")
-    sur = summary.surrogate or {}
-    if "proposal" in sur:
-        prop = sur["proposal"]
-        print(f"surrogate (cross-validated rank correlation {sur['cv_rank_correlation']:.2f} over the last "
-              f"results of {sur['trials']} trials, {sur['finished_trials']} run to the end) proposes, "
-              f"near those, predicting {prop['predicted_unseen_accuracy']:.3f} +- {prop['predicted_std']:.3f}:")
-        for k, v in prop["config"].items():
-            print(f"  {k}: {v}")
-    elif sur:
-        print(f"surrogate: {sur.get('error')}")
-    print(f"results: {summary.experiment_path}/summary.json")
+    from analysis.report import summary_text
+
+    print("\n" + summary_text(json.loads(summary.to_json())))
     return 0
 
 

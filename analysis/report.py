@@ -1,0 +1,112 @@
+"""Stage 6, report: what a search found, or has found so far, as text and plots.
+
+``mixsearch report EXPERIMENT`` prints it and writes the plots under ``EXPERIMENT/report/``. A
+finished experiment is reported from its ``summary.json``; a running or interrupted one from
+Tune's trial logs, so the command also watches a search live from another terminal.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from analysis import plots
+from analysis.results import SUMMARY, curves, front, load_summary, progress
+
+
+class ReportError(ValueError):
+    """Not an experiment that can be reported; the message says which path and why."""
+
+
+def _fmt(value: Any) -> str:
+    # Four significant digits: a learning rate of 0.006745976595189632 reads as 0.006746.
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _config_lines(config: dict) -> list[str]:
+    return [f"  {k}: {_fmt(v)}" for k, v in config.items()]
+
+
+def summary_text(summary: dict) -> str:
+    """The finished search in a few lines: the best trial, the Pareto front, the surrogate's
+    proposal, where the results are (what ``mixsearch run`` prints at its end)."""
+    lines = [f"{summary['num_trials']} trials in {summary['wall_seconds']:.0f}s"
+             + (f" ({', '.join(f'{n} {s.lower()}' for s, n in summary['counts'].items())})"
+                if summary.get("counts") else "")]
+    best = summary.get("best")
+    if best:
+        lines.append(f"best trial {best['trial_id']}: unseen_accuracy {best['unseen_accuracy']:.3f}")
+        lines += _config_lines(best["config"])
+    pareto = summary.get("pareto")
+    if pareto:
+        lines.append(f"pareto front (unseen accuracy against {pareto['against']}):")
+        lines += [f"  {p['trial_id']}: {p['unseen_accuracy']:.3f} at {p[pareto['against']]:g}"
+                  for p in pareto["front"]]
+    sur = summary.get("surrogate") or {}
+    if "proposal" in sur:
+        prop = sur["proposal"]
+        lines.append(
+            f"surrogate (cross-validated rank correlation {sur['cv_rank_correlation']:.2f} over the last "
+            f"results of {sur['trials']} trials, {sur['finished_trials']} run to the end) proposes, "
+            f"near those, predicting {prop['predicted_unseen_accuracy']:.3f} +- {prop['predicted_std']:.3f}:")
+        lines += _config_lines(prop["config"])
+    elif sur:
+        lines.append(f"surrogate: {sur.get('error')}")
+    lines.append(f"results: {summary['experiment_path']}/{SUMMARY}")
+    return "\n".join(lines)
+
+
+def progress_text(experiment: str | Path, top: int = 5) -> str:
+    """A search without a summary yet (running, or interrupted): trials and epochs so far and
+    the best trials by their last reported ``unseen_accuracy``."""
+    prog = progress(experiment)
+    lines = [f"{experiment}: no {SUMMARY} yet (the search is running, or was interrupted: "
+             "`mixsearch run CONFIG --resume` finishes it)",
+             f"{len(prog)} trials so far, {int(prog['epochs'].sum())} epochs trained; "
+             f"best by their last reported unseen_accuracy:"]
+    for _, row in prog.head(top).iterrows():
+        knobs = {k: row[k] for k in plots.searched_knobs(prog)}
+        lines.append(f"  {row['trial_id']}: {row['unseen_accuracy']:.3f} after {row['epochs']} epochs  {_fmt(knobs)}")
+    return "\n".join(lines)
+
+
+def write_plots(experiment: str | Path, out: str | Path) -> list[Path]:
+    """``curves.png``, ``knobs.png`` and, for a Pareto search, ``front.png`` under ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {"curves.png": plots.curves_figure(curves(experiment)),
+               "knobs.png": plots.knobs_figure(progress(experiment))}
+    if (Path(experiment) / SUMMARY).exists() and load_summary(experiment).get("pareto"):
+        figures["front.png"] = plots.front_figure(front(experiment), load_summary(experiment)["pareto"]["against"])
+    written = []
+    for name, fig in figures.items():
+        fig.savefig(out / name, dpi=120)
+        written.append(out / name)
+    return written
+
+
+def report(experiment: str | Path, out: str | Path | None = None) -> tuple[str, list[Path]]:
+    """(the text to print, the plots written) for an experiment folder; plots go to ``out``,
+    by default ``<experiment>/report/``."""
+    exp = Path(experiment)
+    if "://" in str(experiment):
+        raise ReportError(f"{experiment}: report reads a local folder; copy the experiment down first "
+                          "(for example `aws s3 sync URI DIR`)")
+    if not exp.is_dir():
+        raise ReportError(f"{experiment}: no such folder")
+    if not (exp / SUMMARY).exists() and not (exp / "tuner.pkl").exists():
+        raise ReportError(f"{experiment}: neither a {SUMMARY} nor Tune's tuner.pkl; not an experiment "
+                          "(mixsearch run writes <storage_path>/<name>/)")
+    if not (exp / SUMMARY).exists() and progress(exp).empty:
+        started = len(list(exp.glob("trial_*")))
+        return f"{experiment}: {started} trials started, none has reported an epoch yet", []
+    try:
+        text = summary_text(load_summary(exp)) if (exp / SUMMARY).exists() else progress_text(exp)
+    except (json.JSONDecodeError, KeyError) as e:
+        raise ReportError(f"{exp / SUMMARY}: not a mixsearch summary ({type(e).__name__}: {e})") from None
+    return text, write_plots(exp, out if out is not None else exp / "report")
