@@ -264,6 +264,9 @@ def trainable(config: dict, setup: dict) -> None:
     from ray import tune
 
     wait_for_at_exit(threading.current_thread())
+    # Ray logs every checkpoint it persists, an INFO line per trial and epoch in the driver's
+    # output; the summary names the best trial's checkpoint.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     config = {**config, "setup": setup}
     every = setup["training"]["checkpoint_every"]
     epochs = setup["training"]["epochs"]
