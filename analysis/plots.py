@@ -14,6 +14,7 @@ import math
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 METRIC = "unseen_accuracy"
 # Columns of progress() that are results, not knobs.
@@ -66,6 +67,8 @@ def knobs_figure(prog: pd.DataFrame) -> Figure:
             ax.set_xlim(0, 1)
         elif len(values) and values.min() > 0 and values.max() / values.min() > 10:
             ax.set_xscale("log")
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(5))  # long labels (0.0025) would overlap
         ax.set(xlabel=knob, ylabel=METRIC if i % cols == 0 else None)
     if not knobs:
         fig.add_subplot().text(0.5, 0.5, "no knob varies among the trials", ha="center", va="center")
