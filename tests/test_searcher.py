@@ -53,11 +53,15 @@ def test_early_stopped_trials_are_pruned_with_their_intermediate_values(tmp_path
 
 
 @pytest.mark.slow
-def test_pareto_front_of_accuracy_against_budget(tmp_path):
+def test_pareto_front_of_accuracy_against_budget(tmp_path, monkeypatch):
+    # One trial's loss turns NaN after its first epoch: it fails alone, off the front.
+    monkeypatch.setenv("MIXSEARCH_FAULTS", "nan")
+    monkeypatch.setenv("MIXSEARCH_FAULT_DIR", str(tmp_path))
     exp, summary, study = run(tmp_path, {"search": {"pareto": "budget", "space": {"budget": {"choices": [1000, 3000]}}}})
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     by_id = {t["trial_id"]: t for t in summary["trials"]}
-    expected = {"EARLY_STOPPED": "PRUNED", "COMPLETED": "COMPLETE"}
+    assert summary["num_trials"] == 6 and summary["counts"]["STOPPED"] == 1, summary["counts"]
+    expected = {"EARLY_STOPPED": "PRUNED", "COMPLETED": "COMPLETE", "STOPPED": "FAIL"}
     for ot in study.trials:
         tune = by_id[ot.user_attrs["tune_trial_id"]]
         assert ot.state.name == expected[tune["status"]], (ot.state, tune)

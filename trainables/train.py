@@ -272,6 +272,8 @@ def trainable(config: dict, setup: dict) -> None:
     epochs = setup["training"]["epochs"]
     node = ray.get_runtime_context().get_node_id()
     checkpoint = tune.get_checkpoint()
+    # What a Pareto search ranks by, as last reported: a stopped trial's final result needs them.
+    costs = {"examples_seen": 0, "budget": int(round(config["budget"]))}
     with tempfile.TemporaryDirectory() as restored:
         resume_from = None
         if checkpoint is not None:
@@ -280,6 +282,7 @@ def trainable(config: dict, setup: dict) -> None:
         try:
             for metrics, save in run_epochs(config, resume_from):
                 metrics["node_id"] = node
+                costs = {k: metrics[k] for k in costs}
                 if metrics["epoch"] % every == 0 or metrics["epoch"] == epochs:
                     with tempfile.TemporaryDirectory() as out:
                         save(Path(out))
@@ -289,4 +292,7 @@ def trainable(config: dict, setup: dict) -> None:
         except tuple(DETERMINISTIC) as e:
             reason = next(v for k, v in DETERMINISTIC.items() if isinstance(e, k))
             log.warning("trial stopped: %s: %s", reason, e)
-            tune.report({"unseen_accuracy": 0.0, "stopped": reason, "reason": f"{type(e).__name__}: {e}", "node_id": node})
+            # With the costs: Tune fails the whole search on a result that lacks a metric its
+            # searcher was given, and a Pareto search's searcher is given one.
+            tune.report({"unseen_accuracy": 0.0, "stopped": reason, "reason": f"{type(e).__name__}: {e}",
+                         "node_id": node, **costs})
