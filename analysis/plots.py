@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator
 
 METRIC = "unseen_accuracy"
 # Columns of progress() that are results, not knobs.
-RESULTS = {"trial_id", "epochs", METRIC, "best_unseen_accuracy"}
+RESULTS = {"trial_id", "epochs", METRIC, "best_unseen_accuracy", "stopped"}
 
 
 def curves_figure(cv: pd.DataFrame) -> Figure:

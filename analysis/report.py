@@ -71,18 +71,23 @@ def progress_text(experiment: str | Path, top: int = 5) -> str:
              f"best by their last reported unseen_accuracy:"]
     for _, row in prog.head(top).iterrows():
         knobs = {k: row[k] for k in plots.searched_knobs(prog)}
-        lines.append(f"  {row['trial_id']}: {row['unseen_accuracy']:.3f} after {row['epochs']} epochs  {_fmt(knobs)}")
+        why = f" (stopped: {row['stopped']})" if isinstance(row["stopped"], str) else ""
+        lines.append(f"  {row['trial_id']}: {row['unseen_accuracy']:.3f} after {row['epochs']} epochs{why}  {_fmt(knobs)}")
     return "\n".join(lines)
 
 
 def write_plots(experiment: str | Path, out: str | Path) -> list[Path]:
-    """``curves.png``, ``knobs.png`` and, for a Pareto search, ``front.png`` under ``out``."""
+    """``curves.png``, ``knobs.png`` (from the trial logs, where there are any) and, for a
+    finished Pareto search, ``front.png`` under ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    figures = {"curves.png": plots.curves_figure(curves(experiment)),
-               "knobs.png": plots.knobs_figure(progress(experiment))}
-    if (Path(experiment) / SUMMARY).exists() and load_summary(experiment).get("pareto"):
-        figures["front.png"] = plots.front_figure(front(experiment), load_summary(experiment)["pareto"]["against"])
+    figures = {}
+    prog = progress(experiment)
+    if not prog.empty:  # a summary.json copied without its trial folders has none
+        figures = {"curves.png": plots.curves_figure(curves(experiment)), "knobs.png": plots.knobs_figure(prog)}
+    pareto = load_summary(experiment).get("pareto") if (Path(experiment) / SUMMARY).exists() else None
+    if pareto:
+        figures["front.png"] = plots.front_figure(front(experiment), pareto["against"])
     written = []
     for name, fig in figures.items():
         fig.savefig(out / name, dpi=120)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -43,26 +44,38 @@ def trials(experiment: str | Path) -> pd.DataFrame:
 def curves(experiment: str | Path) -> pd.DataFrame:
     """Every reported epoch of every trial, with its config (flattened as in ``trials``), read
     from Tune's per-trial ``result.json`` logs: readable while the search runs. An epoch reported
-    twice (Tune delivers results at least once) keeps its last value."""
-    return _logs(experiment)[0]
+    twice (Tune delivers results at least once) keeps its last value; the final report of a trial
+    stopped by a NaN loss or lack of memory has no epoch and is left out (``progress`` shows it)."""
+    logs, _ = _logs(experiment)
+    if logs.empty:
+        return logs
+    cv = logs[logs["epoch"].notna()]
+    return cv.astype({"epoch": int}).reset_index(drop=True)
 
 
 def progress(experiment: str | Path) -> pd.DataFrame:
-    """One row per trial so far, best first: epochs reported, last and best ``unseen_accuracy``,
-    and the config. Read from the trial logs, so it works on a running or interrupted search,
-    before ``summary.json`` is written."""
-    cv, knobs = _logs(experiment)
-    if cv.empty:
-        return pd.DataFrame(columns=["trial_id", "epochs", "unseen_accuracy", "best_unseen_accuracy"])
-    by_trial = cv.sort_values("epoch").groupby("trial_id", sort=False)
+    """One row per trial so far, best first: epochs trained, last and best ``unseen_accuracy``,
+    why it was stopped (``stopped``: ``nan_loss``, ``out_of_memory``; missing otherwise) and the
+    config. Read from the trial logs, so it works on a running or interrupted search, before
+    ``summary.json`` is written."""
+    logs, knobs = _logs(experiment)
+    if logs.empty:
+        return pd.DataFrame(columns=["trial_id", "epochs", METRIC, "best_unseen_accuracy", "stopped"])
+    # A trial's last word: the report that stopped it (it has no epoch), else its latest epoch.
+    in_order = logs.assign(_at=logs["epoch"].fillna(math.inf)).sort_values("_at", kind="stable")
+    by_trial = in_order.groupby("trial_id", sort=False)
     last = by_trial.tail(1).set_index("trial_id")
-    out = pd.DataFrame({"epochs": last["epoch"].astype(int), "unseen_accuracy": last[METRIC],
-                        "best_unseen_accuracy": by_trial[METRIC].max()}).join(last[knobs])
+    out = pd.DataFrame({
+        "epochs": by_trial["epoch"].max().fillna(0).astype(int),
+        METRIC: last[METRIC],
+        "best_unseen_accuracy": logs[logs["epoch"].notna()].groupby("trial_id")[METRIC].max(),
+        "stopped": last["stopped"] if "stopped" in last else None,
+    }).join(last[knobs])
     return out.reset_index().sort_values(METRIC, ascending=False, na_position="last", ignore_index=True)
 
 
 def _logs(experiment: str | Path) -> tuple[pd.DataFrame, list[str]]:
-    """(one row per trial and epoch, the names of the config's columns in it)."""
+    """(every trial's reports in the order written, the names of the config's columns)."""
     rows, knobs = [], {}
     for log in sorted(Path(experiment).glob("*/result.json")):
         for line in log.read_text().splitlines():
@@ -75,11 +88,14 @@ def _logs(experiment: str | Path) -> tuple[pd.DataFrame, list[str]]:
             config = _flat({k: v for k, v in r.get("config", {}).items() if k not in INTERNAL})
             knobs.update(dict.fromkeys(config))
             metrics = {k: v for k, v in r.items() if not isinstance(v, dict)}
-            rows.append(metrics | config | {"trial_dir": log.parent.name})
+            rows.append({"epoch": None} | metrics | config | {"trial_dir": log.parent.name})
     df = pd.DataFrame(rows)
     if df.empty:
         return df, []
-    return df.drop_duplicates(["trial_id", "epoch"], keep="last").reset_index(drop=True), list(knobs)
+    df["epoch"] = df["epoch"].astype(float)
+    # A repeated epoch (a trial restored from a checkpoint reports it again) keeps its last delivery.
+    repeated = df["epoch"].notna() & df.duplicated(["trial_id", "epoch"], keep="last")
+    return df[~repeated].reset_index(drop=True), list(knobs)
 
 
 def _flat(config: dict) -> dict:

@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 
+import pandas as pd
 import pytest
 import ray
 
@@ -19,34 +20,42 @@ PNG = b"\x89PNG"
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
-    """(a finished 4-trial Pareto search's folder, its summary, what `mixsearch run` printed)."""
+    """(a finished 5-trial Pareto search's folder, its summary, what `mixsearch run` printed).
+    One trial's loss turns NaN after its first epoch (fault injection), so one is STOPPED."""
     tmp = tmp_path_factory.mktemp("report")
-    path = write_config(tmp, {"search": {"num_samples": 4, "pareto": "compute"}})
+    path = write_config(tmp, {"search": {"num_samples": 5, "pareto": "compute"}})
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setenv("MIXSEARCH_FAULTS", "nan")
+        mp.setenv("MIXSEARCH_FAULT_DIR", str(tmp))
         assert main(["run", str(path)]) == 0
     ray.shutdown()
     exp = tmp / "results" / "t"
-    return exp, json.loads((exp / "summary.json").read_text()), printed.getvalue()
+    summary = json.loads((exp / "summary.json").read_text())
+    assert [t["status"] for t in summary["trials"]].count("STOPPED") == 1
+    return exp, summary, printed.getvalue()
 
 
 def as_running(exp, dst):
     """A copy of the experiment as it looks mid-search (no summary.json), its accuracies replaced
     by distinct known values (at this size every trial's is 0): trial i scores (i + 1) / 10 plus
     epoch / 100, except that the first trial's last epoch falls back (its best is not its last).
-    Returns {trial_id: [value of each epoch]}."""
+    The stopped trial's final report (no epoch, scored 0) is left as the trainable wrote it.
+    Returns ({trial_id: [value of each epoch]}, {trial_id: its last reported value})."""
     shutil.copytree(exp, dst)
     (dst / "summary.json").unlink()
-    expected = {}
+    epochs, last = {}, {}
     for i, log in enumerate(sorted(dst.glob("trial_*/result.json"))):
         rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        for r in rows:
+        trained = [r for r in rows if "epoch" in r]
+        for r in trained:
             r["unseen_accuracy"] = (i + 1) / 10 + r["epoch"] / 100
-        if i == 0 and len(rows) > 1:
-            rows[-1]["unseen_accuracy"] = 0.01
+        if i == 0 and len(trained) > 1:
+            trained[-1]["unseen_accuracy"] = 0.01
         log.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        expected[rows[0]["trial_id"]] = [r["unseen_accuracy"] for r in rows]
-    return expected
+        epochs[rows[0]["trial_id"]] = [r["unseen_accuracy"] for r in trained]
+        last[rows[0]["trial_id"]] = rows[-1]["unseen_accuracy"]
+    return epochs, last
 
 
 def test_report_of_a_finished_search_prints_what_run_printed_and_writes_plots(experiment, tmp_path, capsys):
@@ -68,60 +77,81 @@ def test_progress_and_plots_hold_every_trials_results(experiment, tmp_path):
     exp, summary, _ = experiment
     trials = {t["trial_id"]: t for t in summary["trials"]}
     live = tmp_path / "live"
-    expected = as_running(exp, live)
+    epochs, last = as_running(exp, live)
     prog = progress(live)
-    assert list(prog["trial_id"]) == sorted(expected, key=lambda t: -expected[t][-1])  # best last value first
+    assert list(prog["trial_id"]) == sorted(last, key=lambda t: -last[t])  # best last value first
     for _, row in prog.iterrows():
-        t, values = trials[row["trial_id"]], expected[row["trial_id"]]
-        assert row["epochs"] == t["training_iteration"] == len(values)
-        assert row["unseen_accuracy"] == values[-1] and row["best_unseen_accuracy"] == max(values)
+        t, values = trials[row["trial_id"]], epochs[row["trial_id"]]
+        stopped = t["status"] == "STOPPED"  # its final report counts as an iteration, not an epoch
+        assert row["epochs"] == len(values) == t["training_iteration"] - stopped
+        assert row["unseen_accuracy"] == last[row["trial_id"]] and row["best_unseen_accuracy"] == max(values)
+        assert (row["stopped"] == "nan_loss") if stopped else pd.isna(row["stopped"])
         assert row["num_instructions"] == t["config"]["num_instructions"]
         assert row["weights.random"] == pytest.approx(t["config"]["weights"]["random"])
     assert "simplex_u.random" not in prog  # Optuna's raw draws are not the trial's config
 
-    lines = plots.curves_figure(curves(live)).axes[0].get_lines()
-    assert sorted(ln.get_label().split()[0] for ln in lines) == sorted(expected)
+    cv = curves(live)
+    assert cv["epoch"].notna().all() and len(cv) == sum(map(len, epochs.values()))
+    lines = plots.curves_figure(cv).axes[0].get_lines()
+    assert sorted(ln.get_label().split()[0] for ln in lines) == sorted(epochs)
     for ln in lines:
-        values = expected[ln.get_label().split()[0]]
+        values = epochs[ln.get_label().split()[0]]
         assert list(ln.get_ydata()) == values and list(ln.get_xdata()) == list(range(1, len(values) + 1))
-    best = max(expected, key=lambda t: expected[t][-1])
+    best = max(epochs, key=lambda t: epochs[t][-1])
     assert [ln.get_label() for ln in lines if ln.get_color() == "black"] == [f"{best} (best)"]
 
     knobs = plots.searched_knobs(prog)
     assert "num_instructions" in knobs and "learning_rate" in knobs and "budget" not in knobs  # budget is fixed
     fig = plots.knobs_figure(prog)
     assert len(fig.axes) == len(knobs)
-    full = {t for t, v in expected.items() if len(v) == max(map(len, expected.values()))}
-    for ax, knob in zip(fig.axes, knobs):
+    full = {t for t, v in epochs.items() if len(v) == max(map(len, epochs.values()))}
+    for ax in fig.axes:
         filled, hollow = ax.collections  # ran to the end, stopped early
-        assert sorted(filled.get_offsets()[:, 1]) == sorted(expected[t][-1] for t in full)
-        assert len(filled.get_offsets()) + len(hollow.get_offsets()) == len(expected)
+        assert sorted(filled.get_offsets()[:, 1]) == sorted(last[t] for t in full)
+        assert len(filled.get_offsets()) + len(hollow.get_offsets()) == len(last)
 
 
 def test_a_running_search_is_reported_from_its_trial_logs(experiment, tmp_path, capsys):
     exp, summary, _ = experiment
     live = tmp_path / "live"
-    expected = as_running(exp, live)
-    # Tune delivers results at least once, and a trial may be writing its log right now.
-    log = next(live.glob("trial_*/result.json"))
+    epochs, last = as_running(exp, live)
+    # Tune delivers results at least once (a restored trial reports its epoch again), and a
+    # trial may be writing its log right now.
+    trial = next(t for t in sorted(epochs) if t in last and last[t] == epochs[t][-1])  # not stopped
+    log = next(live.glob(f"*{trial}*/result.json"))
     lines = log.read_text().splitlines()
-    log.write_text("\n".join(lines + [lines[0], lines[0][:40]]) + "\n")
+    again = {**json.loads(lines[-1]), "unseen_accuracy": 0.99}
+    log.write_text("\n".join(lines + [json.dumps(again), lines[0][:40]]) + "\n")
+    epochs[trial][-1] = last[trial] = 0.99
     cv = curves(live)
-    assert not cv.duplicated(["trial_id", "epoch"]).any() and len(cv) == sum(map(len, expected.values()))
+    assert not cv.duplicated(["trial_id", "epoch"]).any() and len(cv) == sum(map(len, epochs.values()))
+    assert cv[cv["trial_id"] == trial]["unseen_accuracy"].iloc[-1] == 0.99  # the last delivery counts
 
     assert main(["report", str(live)]) == 0
     out = capsys.readouterr().out
-    epochs = sum(map(len, expected.values()))
-    assert "no summary.json yet" in out and f"{len(expected)} trials so far, {epochs} epochs trained" in out
+    trained = sum(map(len, epochs.values()))
+    assert "no summary.json yet" in out and f"{len(epochs)} trials so far, {trained} epochs trained" in out
     listed = [line.split(":")[0].strip() for line in out.splitlines() if line.startswith("  ")]
-    assert listed == sorted(expected, key=lambda t: -expected[t][-1])
+    assert listed == sorted(last, key=lambda t: -last[t])
+    stopped = next(t["trial_id"] for t in summary["trials"] if t["status"] == "STOPPED")
+    assert [line for line in out.splitlines() if "(stopped: nan_loss)" in line][0].startswith(f"  {stopped}:")
     assert sorted(p.name for p in (live / "report").iterdir()) == ["curves.png", "knobs.png"]
 
     # Just started: trial folders, nothing reported.
     for log in live.glob("trial_*/result.json"):
         log.write_text("")
     assert main(["report", str(live)]) == 0
-    assert "4 trials started, none has reported an epoch yet" in capsys.readouterr().out
+    assert "5 trials started, none has reported an epoch yet" in capsys.readouterr().out
+
+
+def test_a_summary_without_its_trial_folders_is_still_reported(experiment, tmp_path, capsys):
+    exp, summary, _ = experiment
+    (tmp_path / "copy").mkdir()
+    shutil.copy(exp / "summary.json", tmp_path / "copy")
+    assert main(["report", str(tmp_path / "copy")]) == 0
+    out = capsys.readouterr().out
+    assert f"best trial {summary['best']['trial_id']}" in out
+    assert sorted(p.name for p in (tmp_path / "copy" / "report").iterdir()) == ["front.png"]
 
 
 def test_what_is_not_an_experiment_is_one_line(experiment, tmp_path, capsys):
