@@ -59,6 +59,21 @@ class MultiFidelityOptunaSearch(OptunaSearch):
         self._pending[trial_id] = key
         return config
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's snapshot of the searcher, reconciled with the study, which is newer.
+
+        A driver killed between telling the study a trial's end (ASHA stopped it, say) and Tune's
+        next snapshot leaves that trial live in the snapshot; Tune then runs it on, and writing to
+        its finished Optuna trial would fail the resumed search. Such trials count as completed
+        here, so their further results are ignored, as Ray's searcher does for finished trials.
+        """
+        super().restore(checkpoint_path)
+        states = {t.number: t.state for t in self._ot_study.get_trials(deepcopy=False)}
+        for trial_id, ot_trial in self._ot_trials.items():
+            if trial_id not in self._completed_trials and states[ot_trial.number].is_finished():
+                self._completed_trials.add(trial_id)
+                self._pending.pop(trial_id, None)
+
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None or trial_id in self._completed_trials:

@@ -113,3 +113,44 @@ def test_a_config_already_trained_is_answered_from_the_study_not_trained_again()
     for copy in copies:
         original = next(t for t in study.trials if "tune_trial_id" in t.user_attrs and t.params == copy.params)
         assert copy.state == original.state and copy.value == original.value
+
+
+@pytest.mark.parametrize("pareto", [None, "compute"])
+def test_a_resumed_searcher_leaves_trials_the_study_finished_after_its_snapshot(tmp_path, pareto):
+    # The driver dies after telling the study that ASHA stopped trial "a" but before Tune's next
+    # snapshot: on resume Tune restores the older snapshot and runs "a" on.
+    from search.config import SpaceConfig
+    from search.searcher import COST_METRIC, MultiFidelityOptunaSearch
+    from search.space import DefineByRun
+
+    space = SpaceConfig.model_validate({"weights": {"random": 1.0}, "num_instructions": {"low": 5, "high": 50},
+                                        "budget": 100, "learning_rate": 0.003})
+    metric, mode = ("unseen_accuracy", "max") if not pareto else (["unseen_accuracy", COST_METRIC[pareto]], ["max", "min"])
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal")))
+
+    def searcher():
+        return MultiFidelityOptunaSearch(DefineByRun(space), metric=metric, mode=mode, study_name="s", storage=storage,
+                                         sampler=optuna.samplers.RandomSampler(seed=0), max_epochs=4, pareto=pareto)
+
+    def result(acc, epoch):
+        return {"unseen_accuracy": acc, "epoch": epoch, "training_iteration": epoch, "examples_seen": 100 * epoch}
+
+    first = searcher()
+    first.suggest("a"), first.suggest("b")
+    for t in ("a", "b"):
+        first.on_trial_result(t, result(0.1, 1))
+    first.save(str(tmp_path / "snapshot.pkl"))
+    first.on_trial_complete("a", result(0.2, 2))  # stopped early by ASHA, after the snapshot
+
+    resumed = searcher()
+    resumed.restore(str(tmp_path / "snapshot.pkl"))
+    resumed.on_trial_result("a", result(0.3, 3))
+    resumed.on_trial_complete("a", result(0.4, 4))  # ignored: the study already holds its end
+    resumed.on_trial_result("b", result(0.5, 2))
+    resumed.on_trial_complete("b", result(0.6, 4))
+    a, b = optuna.load_study(study_name="s", storage=storage).trials
+    if pareto:  # early-stopped against compute: a true point, at what it trained
+        assert (a.state.name, a.values, b.state.name, b.values) == ("COMPLETE", [0.2, 200], "COMPLETE", [0.6, 400])
+    else:
+        assert (a.state.name, a.intermediate_values) == ("PRUNED", {1: 0.1, 2: 0.2})
+        assert (b.state.name, b.value, b.intermediate_values) == ("COMPLETE", 0.6, {1: 0.1, 2: 0.5, 4: 0.6})
