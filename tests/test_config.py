@@ -185,3 +185,14 @@ def test_start_from_needs_tpe_and_an_experiment_with_proposals(tmp_path, capsys)
     assert main(["run", str(path), "--start-from", str(tmp_path / "prev")]) == 2
     assert "proposes nothing (needs at least 4 trials)" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback():
+    import subprocess
+    import sys
+
+    # `mixsearch config | head -0`: the pipe is closed before the command writes.
+    proc = subprocess.Popen([sys.executable, "-m", "search", "config"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1 and "Traceback" not in err and "BrokenPipeError" not in err, err
