@@ -85,7 +85,14 @@ def init_ray(cfg: Config) -> None:
     if ray.is_initialized():
         return
     if cfg.ray.address:
-        ray.init(address=cfg.ray.address)
+        try:
+            ray.init(address=cfg.ray.address)
+        except ConnectionError as e:  # no cluster there: the user's setting, not a crash
+            raise ConfigError(
+                f"ray.address {cfg.ray.address!r}: no Ray cluster to join ({e}); start one "
+                "(`ray up cluster.yaml`, or `ray start --head` on this machine) or set ray.address: null "
+                "for a local one"
+            ) from None
     else:
         # address="local": always a new cluster of our own. Without it ray.init() joins any
         # cluster already running on this machine (`ray start`, another tool's), sized for it.

@@ -196,3 +196,15 @@ def test_a_reader_that_goes_away_is_not_a_traceback():
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait() == 1 and "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_no_cluster_at_the_configured_address_is_one_line(tmp_path, capsys, monkeypatch):
+    import os
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if os.path.exists("/tmp/ray/ray_current_cluster"):  # a `ray start` cluster: "auto" would join it
+        pytest.skip("a Ray cluster started with `ray start` runs on this machine")
+    assert main(["run", str(write_config(tmp_path, {"ray": {"address": "auto"}}))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ray.address 'auto': no Ray cluster to join") and "Traceback" not in err
+    assert not ray.is_initialized()
