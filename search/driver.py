@@ -21,6 +21,7 @@ from typing import Any
 
 import optuna
 import pyarrow.fs as pafs
+import yaml
 
 from search.config import Config, ConfigError, check_space_against_pool, is_uri, storage_root, trial_setup
 
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 
 METRIC = "unseen_accuracy"
 SUMMARY = "summary.json"
+CONFIG = "config.yaml"  # the config an experiment started with, saved beside it
+# What a resume may change: where the experiment and the cluster are. Tune resumes everything else
+# as it started, so a change there would be silently ignored.
+RESUMABLE = ("name", "storage_path", "ray.", "search.start_from")
 
 
 @dataclass(frozen=True)
@@ -231,8 +236,36 @@ def trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _write_summary(fs: pafs.FileSystem, path: str, text: str) -> None:
-    if isinstance(fs, pafs.LocalFileSystem):  # never a half-written summary: write, then rename
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value})
+    return out
+
+
+def check_resumed_config(cfg: Config, source: str) -> None:
+    """Refuse to resume with a config that differs from the one the experiment started with
+    (``config.yaml`` beside it) anywhere but in ``RESUMABLE``: Tune would ignore the change."""
+    fs, exp, shown = experiment_location(cfg)
+    if not _exists(fs, f"{exp}/{CONFIG}"):
+        return  # started before experiments saved their config
+    with fs.open_input_stream(f"{exp}/{CONFIG}") as f:
+        started = _flat(yaml.safe_load(f.read()) or {})
+    now = _flat(cfg.model_dump(mode="json"))
+    keys = list(now) + [k for k in started if k not in now]  # in the config's order
+    changed = [k for k in keys if not k.startswith(RESUMABLE) and started.get(k) != now.get(k)]
+    if changed:
+        shown_changes = "; ".join(f"{k}: {started.get(k)!r} then, {now.get(k)!r} now" for k in changed[:5])
+        raise ConfigError(
+            f"{source}: not the config {shown}/{CONFIG} started with ({shown_changes}"
+            f"{f'; and {len(changed) - 5} more' if len(changed) > 5 else ''}): a resumed experiment "
+            "runs as it started; resume with that config, or start a new experiment with --name NEW"
+        )
+
+
+def _write_text(fs: pafs.FileSystem, path: str, text: str) -> None:
+    if isinstance(fs, pafs.LocalFileSystem):  # never a half-written file: write, then rename
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(path).with_name(f".{Path(path).name}.tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
@@ -315,6 +348,8 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     if resume and not _exists(fs, f"{exp}/tuner.pkl"):
         log.info("nothing to resume at %s: starting the experiment", shown)
         resume = False
+    if resume:
+        check_resumed_config(cfg, source)
 
     if cfg.search.study_storage:
         from search.study import expand_secrets
@@ -369,7 +404,9 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
                 verbose=1,
             ),
         )
+    if not resume:
+        _write_text(fs, f"{exp}/{CONFIG}", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     results = tuner.fit()
     summary = summarize(results, cfg, pool, time.time() - started)
-    _write_summary(fs, f"{exp}/{SUMMARY}", summary.to_json())
+    _write_text(fs, f"{exp}/{SUMMARY}", summary.to_json())
     return summary

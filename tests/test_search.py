@@ -62,6 +62,21 @@ def test_three_trial_search_end_to_end(tmp_path, capsys):
     assert "pass --resume" in capsys.readouterr().err
     assert (exp / "summary.json").read_text() == before
 
+    # The config it started with is saved beside it, and a resume with another is refused (Tune
+    # would run the experiment as it started, ignoring the change); where it runs may change.
+    from search.config import load_config
+
+    assert yaml.safe_load((exp / "config.yaml").read_text()) == load_config(path).model_dump(mode="json")
+    changed = write_config(tmp_path, {"training": {"epochs": 3}, "search": {"num_samples": 4}}, "changed.yaml")
+    assert main(["run", str(changed), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {changed}: not the config {exp}/config.yaml started with" in err
+    assert "training.epochs: 2 then, 3 now; search.num_samples: 3 then, 4 now" in err
+    assert (exp / "summary.json").read_text() == before
+    moved = write_config(tmp_path, {"ray": {"num_cpus": 1}}, "moved.yaml")
+    assert main(["run", str(moved), "--resume"]) == 0  # finished already: nothing to run
+    assert load(exp / "summary.json")["num_trials"] == 3
+
 
 @pytest.mark.slow
 def test_search_with_a_local_pretrained_model_and_lora(tmp_path, pretrained_dir):
