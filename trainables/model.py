@@ -55,7 +55,6 @@ def load(model_cfg: dict):
         model = build_model(model_cfg["tiny"], model_cfg["max_length"], tokenizer)
     if model_cfg.get("lora"):
         from peft import LoraConfig, get_peft_model
-
         from transformers.pytorch_utils import Conv1D
 
         lora = model_cfg["lora"]
