@@ -16,7 +16,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-METRIC = "unseen_accuracy"
+from analysis.results import METRIC
+
 # Columns of progress() that are results, not knobs.
 RESULTS = {"trial_id", "epochs", METRIC, "best_unseen_accuracy", "stopped"}
 
@@ -26,13 +27,14 @@ def curves_figure(cv: pd.DataFrame) -> Figure:
     The trial with the best last value is drawn on top, in black."""
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.add_subplot()
-    last = cv.sort_values("epoch").groupby("trial_id").tail(1)
-    best = last.loc[last[METRIC].idxmax(), "trial_id"] if last[METRIC].notna().any() else None
-    for trial, rows in cv.sort_values("epoch").groupby("trial_id", sort=True):
+    by_trial = dict(tuple(cv.sort_values("epoch").groupby("trial_id", sort=True)))
+    last = {trial: rows[METRIC].iloc[-1] for trial, rows in by_trial.items() if pd.notna(rows[METRIC].iloc[-1])}
+    best = max(last, key=last.get) if last else None
+    for trial, rows in by_trial.items():
         if trial != best:
             ax.plot(rows["epoch"], rows[METRIC], marker=".", alpha=0.5, linewidth=1, label=trial)
-    if best is not None:
-        rows = cv[cv["trial_id"] == best].sort_values("epoch")
+    if best is not None:  # drawn last, on top
+        rows = by_trial[best]
         ax.plot(rows["epoch"], rows[METRIC], marker="o", color="black", linewidth=2, label=f"{best} (best)")
     ax.set(xlabel="epoch", ylabel=METRIC, title=f"{cv['trial_id'].nunique()} trials")
     ax.xaxis.get_major_locator().set_params(integer=True)

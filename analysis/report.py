@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from analysis import plots
 from analysis.results import SUMMARY, curves, front, load_summary, progress
 
@@ -61,57 +63,52 @@ def summary_text(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def progress_text(experiment: str | Path, top: int = 5) -> str:
-    """A search without a summary yet (running, or interrupted): trials and epochs so far and
-    the best trials by their last reported ``unseen_accuracy``."""
-    prog = progress(experiment)
+def progress_text(experiment: str | Path, prog: pd.DataFrame, top: int = 5) -> str:
+    """A search without a summary yet (running, or interrupted), from its ``progress()``: trials
+    and epochs so far and the best trials by their last reported ``unseen_accuracy``."""
     lines = [f"{experiment}: no {SUMMARY} yet (the search is running, or was interrupted: "
              "`mixsearch run CONFIG --resume` finishes it)",
              f"{len(prog)} trials so far, {int(prog['epochs'].sum())} epochs trained; "
              f"best by their last reported unseen_accuracy:"]
+    knobs = plots.searched_knobs(prog)
     for _, row in prog.head(top).iterrows():
-        knobs = {k: row[k] for k in plots.searched_knobs(prog)}
         why = f" (stopped: {row['stopped']})" if isinstance(row["stopped"], str) else ""
-        lines.append(f"  {row['trial_id']}: {row['unseen_accuracy']:.3f} after {row['epochs']} epochs{why}  {_fmt(knobs)}")
+        lines.append(f"  {row['trial_id']}: {row['unseen_accuracy']:.3f} after {row['epochs']} epochs{why}  "
+                     f"{_fmt({k: row[k] for k in knobs})}")
     return "\n".join(lines)
 
 
-def write_plots(experiment: str | Path, out: str | Path) -> list[Path]:
-    """``curves.png``, ``knobs.png`` (from the trial logs, where there are any) and, for a
-    finished Pareto search, ``front.png`` under ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = {}
-    prog = progress(experiment)
-    if not prog.empty:  # a summary.json copied without its trial folders has none
-        figures = {"curves.png": plots.curves_figure(curves(experiment)), "knobs.png": plots.knobs_figure(prog)}
-    pareto = load_summary(experiment).get("pareto") if (Path(experiment) / SUMMARY).exists() else None
-    if pareto:
-        figures["front.png"] = plots.front_figure(front(experiment), pareto["against"])
-    written = []
-    for name, fig in figures.items():
-        fig.savefig(out / name, dpi=120)
-        written.append(out / name)
-    return written
-
-
 def report(experiment: str | Path, out: str | Path | None = None) -> tuple[str, list[Path]]:
-    """(the text to print, the plots written) for an experiment folder; plots go to ``out``,
-    by default ``<experiment>/report/``."""
+    """(the text to print, the plots written) for an experiment folder: ``curves.png`` and
+    ``knobs.png`` from the trial logs (where there are any) and, for a finished Pareto search,
+    ``front.png``, under ``out``, by default ``<experiment>/report/``."""
     exp = Path(experiment)
     if "://" in str(experiment):
         raise ReportError(f"{experiment}: report reads a local folder; copy the experiment down first "
                           "(for example `aws s3 sync URI DIR`)")
     if not exp.is_dir():
         raise ReportError(f"{experiment}: no such folder")
-    if not (exp / SUMMARY).exists() and not (exp / "tuner.pkl").exists():
+    finished = (exp / SUMMARY).exists()
+    if not finished and not (exp / "tuner.pkl").exists():
         raise ReportError(f"{experiment}: neither a {SUMMARY} nor Tune's tuner.pkl; not an experiment "
                           "(mixsearch run writes <storage_path>/<name>/)")
-    if not (exp / SUMMARY).exists() and progress(exp).empty:
+    prog = progress(exp)
+    if not finished and prog.empty:
         started = len(list(exp.glob("trial_*")))
         return f"{experiment}: {started} trials started, none has reported an epoch yet", []
     try:
-        text = summary_text(load_summary(exp)) if (exp / SUMMARY).exists() else progress_text(exp)
+        summary = load_summary(exp) if finished else None
+        text = summary_text(summary) if finished else progress_text(experiment, prog)
     except (json.JSONDecodeError, KeyError) as e:
         raise ReportError(f"{exp / SUMMARY}: not a mixsearch summary ({type(e).__name__}: {e})") from None
-    return text, write_plots(exp, out if out is not None else exp / "report")
+
+    figures = {}
+    if not prog.empty:  # a summary.json copied without its trial folders has none
+        figures = {"curves.png": plots.curves_figure(curves(exp)), "knobs.png": plots.knobs_figure(prog)}
+    if summary and summary.get("pareto"):
+        figures["front.png"] = plots.front_figure(front(exp), summary["pareto"]["against"])
+    out = Path(out) if out is not None else exp / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig in figures.items():
+        fig.savefig(out / name, dpi=120)
+    return text, [out / name for name in figures]

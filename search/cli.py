@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
+from dataclasses import asdict
 
 from search.config import DEFAULT_CONFIG, ConfigError, load_config
 
@@ -108,7 +108,7 @@ def _main(argv: list[str] | None) -> int:
         return 2
     from analysis.report import summary_text
 
-    print("\n" + summary_text(json.loads(summary.to_json())))
+    print("\n" + summary_text(asdict(summary)))
     return 0
 
 

@@ -296,29 +296,20 @@ class WeightChoices(_Strict):
         return v
 
 
-def _shape(value: Any) -> str:
-    """Which form a searched value takes, read from its keys.
-
-    Picking the branch up front means an error speaks of the form the user wrote: a range with
-    low above high is reported as just that, not also as "not a number" and "choices missing".
-    The tags are capitalized so that error locations drop them, like pydantic's own class names.
-    """
-    if isinstance(value, BaseModel):
-        return type(value).__name__
-    if isinstance(value, dict):
-        if "simplex" in value:
-            return "Simplex"
-        if "choices" in value:
-            return "Choices"
-        return "Range" if {"low", "high"} & set(value) else "Mapping"
-    return "Fixed"
+def _number_form(value: Any) -> str:
+    """Which form a searched number takes, read from its keys: choosing the union's branch up
+    front makes an error speak of the form the user wrote (a range with low above high is reported
+    as that, not also as "not a number" and "choices missing"). Tags are capitalized so that error
+    locations drop them, like pydantic's own class names."""
+    if isinstance(value, Choices) or isinstance(value, dict) and "choices" in value:
+        return "Choices"
+    return "Range" if isinstance(value, (Range, dict)) else "Fixed"  # any other mapping: a bad range
 
 
 Number = Annotated[
     Union[Annotated[float, Tag("Fixed")], Annotated[Range, Tag("Range")],
           Annotated[Choices, Tag("Choices")]],
-    # A mapping with neither low, high nor choices is read as a malformed range.
-    Discriminator(lambda v: {"Mapping": "Range"}.get(_shape(v), _shape(v))),
+    Discriminator(_number_form),
 ]
 
 
@@ -330,12 +321,19 @@ def _least(n: Number) -> float:
     return n.low if isinstance(n, Range) else min(n.choices) if isinstance(n, Choices) else n
 
 
+def _weights_form(value: Any) -> str:
+    """Which form domain weights take (see ``_number_form``); a number is "not a mapping"."""
+    if isinstance(value, Simplex) or isinstance(value, dict) and "simplex" in value:
+        return "Simplex"
+    if isinstance(value, WeightChoices) or isinstance(value, dict) and "choices" in value:
+        return "Choices"
+    return "Mapping"
+
+
 Weights = Annotated[
     Union[Annotated[Simplex, Tag("Simplex")], Annotated[WeightChoices, Tag("Choices")],
           Annotated[dict[str, float], Tag("Mapping")]],
-    # A bare number is reported as "not a mapping" rather than against every form.
-    Discriminator(lambda v: {"Fixed": "Mapping", "Range": "Mapping",
-                             "WeightChoices": "Choices"}.get(_shape(v), _shape(v))),
+    Discriminator(_weights_form),
 ]
 
 
