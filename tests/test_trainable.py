@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from trainables.data import encode
-from trainables.evaluate import exact_match_items
+from trainables.evaluate import evaluate, exact_match_items, generate_answers
 from trainables.model import build_model
 from trainables.tokenizer import char_tokenizer
 from trainables.train import run_epochs
@@ -83,6 +83,13 @@ def test_one_pass_exact_match_equals_greedy_generate(small_pool, tmp_path):
         greedy.append(new[: len(answer)] == answer)
     assert one_pass == greedy
     assert 0 < sum(greedy) < len(greedy), f"the check needs right and wrong answers: {sum(greedy)}/{len(greedy)}"
+    # The batched generation behind the text metrics, decoded: the reference text exactly when right.
+    texts = generate_answers(model, tok, data, cfg.model.max_length)
+    assert [t == a for t, a in zip(texts, data.answers)] == one_pass
+    # Rewrite answers hold no spaces or punctuation, so both text metrics are exact match here.
+    for metric in ("normalized_exact_match", "rouge_l"):
+        scores = evaluate(model, tok, data, metric=metric, max_length=cfg.model.max_length)
+        assert scores["unseen_accuracy"] == pytest.approx(sum(one_pass) / len(one_pass)), metric
 
 
 def test_a_model_saved_with_save_pretrained_loads_back(tmp_path, small_pool):
@@ -98,6 +105,9 @@ def test_a_model_saved_with_save_pretrained_loads_back(tmp_path, small_pool):
     tok2 = AutoTokenizer.from_pretrained(tmp_path)
     ids = torch.tensor([tok2("ab->c|abab=")["input_ids"]])
     assert tok2("ab->c|abab=")["input_ids"] == tok("ab->c|abab=")["input_ids"]
+    text = "Don't stop:\ta  b, c."
+    for t in (tok, tok2):  # decoding gives the text back, with no spaces added between characters
+        assert t.decode(t(text, add_special_tokens=False)["input_ids"]) == text
     assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
 
 

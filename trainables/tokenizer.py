@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 PROMPT = "{instruction}|{input}="
@@ -22,6 +22,9 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate([*SPECIALS.values(), *CHARS])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token=SPECIALS["unk_token"]))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    # Without a decoder, decoding joins tokens with spaces ("abc" -> "a b c"), and generated answers
+    # never match their references under normalized_exact_match or rouge_l.
+    tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIALS)
 
 
