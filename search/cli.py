@@ -57,9 +57,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def configure_logging() -> None:
+    """This project's progress at INFO; other libraries' warnings only. Their INFO lines can
+    flood a run: tensorboardX logs one per metric whose name holds a space (a SuperNI domain)."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.WARNING)
+    for name in ("search", "analysis", "trainables"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     if args.verb == "config":
         sys.stdout.write(DEFAULT_CONFIG.read_text())
         return 0

@@ -208,3 +208,18 @@ def test_no_cluster_at_the_configured_address_is_one_line(tmp_path, capsys, monk
     err = capsys.readouterr().err
     assert err.startswith("error: ray.address 'auto': no Ray cluster to join") and "Traceback" not in err
     assert not ray.is_initialized()
+
+
+def test_the_cli_logs_its_own_progress_and_only_warnings_of_other_libraries():
+    import subprocess
+    import sys
+
+    # tensorboardX logs an INFO line per metric name with a space, every epoch of every trial.
+    code = (
+        "import logging; from search.cli import configure_logging; configure_logging(); "
+        "logging.getLogger('tensorboardX.summary').info('tbx info'); "
+        "logging.getLogger('tensorboardX.summary').warning('tbx warning'); "
+        "logging.getLogger('search.pool').info('pool info')"
+    )
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert "pool info" in err and "tbx warning" in err and "tbx info" not in err, err
