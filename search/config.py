@@ -224,6 +224,10 @@ class TrainingConfig(_Strict):
     metric: Literal["exact_match", "normalized_exact_match", "rouge_l"] = "exact_match"
     eval_examples: int = Field(1000, ge=1, description="unseen examples scored after each epoch")
     eval_batch_size: int = Field(256, ge=1)
+    max_new_tokens: Optional[int] = Field(
+        None, ge=1, description="tokens generated per answer for the text metrics; null: twice the "
+        "longest reference answer scored (end-of-sequence included)",
+    )
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
 
     @model_validator(mode="after")

@@ -85,6 +85,26 @@ def test_a_trial_with_a_text_metric_generates_and_reports_it(small_pool):
         list(run_epochs(config_for(cfg, pool, {}, epochs=1, metric="bleu")))
 
 
+def test_generation_for_text_metrics_stops_at_max_new_tokens(small_pool):
+    from search.mixture import materialize
+    from trainables.data import encode
+    from trainables.evaluate import default_max_new_tokens, generate_answers
+    from trainables.model import build_model
+    from trainables.tokenizer import char_tokenizer
+    from trainables.train import mixture_of
+
+    cfg, pool = small_pool
+    tok = char_tokenizer()
+    data = encode(materialize(pool, mixture_of(config_for(cfg, pool, {}))).slice(0, 16), tok, cfg.model.max_length)
+    answer_tokens = [len(ids) - int((lab == -100).sum()) for ids, lab in zip(data.ids, data.labels)]
+    assert default_max_new_tokens(data) == 2 * max(answer_tokens)
+    # An untrained model seldom emits <eos>: its answers run to the cap, not to max_length.
+    torch.manual_seed(0)
+    model = build_model(cfg.model.tiny.model_dump(), cfg.model.max_length, tok)
+    lengths = [len(a) for a in generate_answers(model, tok, data, cfg.model.max_length, max_new_tokens=5)]
+    assert max(lengths) == 5, lengths
+
+
 def test_rouge_l_and_normalization():
     assert normalize("The  Cat, sat!") == "cat sat"
     assert rouge_l("the cat sat on the mat", "the cat sat on the mat") == 1.0

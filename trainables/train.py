@@ -208,7 +208,8 @@ def run_epochs(config: dict, resume_from: Path | None = None) -> Iterator[tuple[
         seconds = time.perf_counter() - began
         examples_seen += len(train)
         scores = evaluate(model, tokenizer, unseen, metric=tcfg["metric"], max_length=max_length,
-                          batch_size=tcfg["eval_batch_size"], device=device, autocast=autocast)
+                          batch_size=tcfg["eval_batch_size"], device=device, autocast=autocast,
+                          max_new_tokens=tcfg["max_new_tokens"])
         # Order matters for the eye: Tune's live table shows the first few metrics.
         metrics = {
             "unseen_accuracy": scores.pop("unseen_accuracy"),
