@@ -109,9 +109,13 @@ def _main(argv: list[str] | None) -> int:
                 print(f"  {line}")
             return 0
         cfg = load_config(args.config, _overrides(args))
-        from search.driver import run_search
+        from search.driver import Interrupted, run_search
 
-        summary = run_search(cfg, resume=args.resume, source=args.config or str(DEFAULT_CONFIG))
+        try:
+            summary = run_search(cfg, resume=args.resume, source=args.config or str(DEFAULT_CONFIG))
+        except (Interrupted, KeyboardInterrupt) as e:  # a second Ctrl-C skips Tune's last save
+            print(f"\n{e or 'interrupted: run the same command with --resume to finish'}", file=sys.stderr)
+            return 130  # the shell's code for a command ended by SIGINT
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

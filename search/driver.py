@@ -333,8 +333,15 @@ def previous_proposals(cfg: Config) -> list[dict[str, Any]]:
     return [p["config"] for p in proposals]
 
 
+class Interrupted(RuntimeError):
+    """The search ended before its trials did (Ctrl-C): the experiment is saved, not summarized."""
+
+
 def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> Summary:
-    """Run (or, with resume, finish) the experiment of this config; return its summary."""
+    """Run (or, with resume, finish) the experiment of this config; return its summary.
+
+    Raises ``Interrupted`` when Tune was stopped (SIGINT) before every trial finished; then no
+    ``summary.json`` is written, so the experiment reads as unfinished until ``--resume``."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -407,6 +414,15 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     if not resume:
         _write_text(fs, f"{exp}/{CONFIG}", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     results = tuner.fit()
+    # Tune returns normally after a Ctrl-C, with the unfinished trials RUNNING or PENDING (or not
+    # yet created): summarizing them would call them stopped early and the search done.
+    finished = results.num_terminated + results.num_errors
+    asked = max(len(results), cfg.search.num_samples if cfg.search.algorithm == "tpe" else 0)
+    if finished < asked:
+        raise Interrupted(
+            f"{shown}: interrupted with {finished} of {asked} trials finished; the experiment is "
+            "saved: run the same command with --resume to finish it"
+        )
     summary = summarize(results, cfg, pool, time.time() - started)
     _write_text(fs, f"{exp}/{SUMMARY}", summary.to_json())
     return summary

@@ -229,6 +229,23 @@ def test_a_killed_driver_resumes_and_finishes_the_experiment(tmp_path, moment):
 
 
 @pytest.mark.slow
+def test_ctrl_c_leaves_an_unsummarized_experiment_that_resume_finishes(tmp_path):
+    path = write_config(tmp_path, KILLABLE)
+    exp = tmp_path / "results" / "t"
+    driver = start_driver(tmp_path, path)
+    wait_for(lambda: MOMENTS["first_epoch"](tmp_path, exp), driver, tmp_path)
+    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole group
+    assert driver.wait(timeout=120) == 130
+    log = (tmp_path / "driver.log").read_text()
+    assert "trials finished; the experiment is saved: run the same command with --resume" in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    # No summary: a running trial would have read as stopped early, and the search as done.
+    assert not (exp / "summary.json").exists()
+    assert main(["run", str(path), "--resume"]) == 0
+    assert load(exp / "summary.json")["counts"] == {"COMPLETED": 4}
+
+
+@pytest.mark.slow
 def test_results_at_a_uri_with_the_study_in_a_database(tmp_path, capsys):
     uri = (tmp_path / "remote").as_uri()  # file:// goes through the same pyarrow path as s3://
     db = f"sqlite:///{tmp_path / 'study.db'}"
