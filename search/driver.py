@@ -291,12 +291,16 @@ def _search_algorithm(cfg: Config, exp: str):
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     from search.searcher import MultiFidelityOptunaSearch
-    from search.space import DefineByRun, grid, to_params
+    from search.space import DefineByRun, adaptations, grid, to_params
     from search.study import study_storage
 
     if cfg.search.algorithm == "grid":  # every combination once; no Optuna study
         return BasicVariantGenerator(max_concurrent=cfg.search.max_concurrent), grid(cfg.search.space), 1
-    points = [to_params(c, cfg.search.space) for c in previous_proposals(cfg)] if cfg.search.start_from else []
+    proposals = previous_proposals(cfg) if cfg.search.start_from else []
+    for i, c in enumerate(proposals, 1):
+        if notes := adaptations(c, cfg.search.space):
+            log.info("search.start_from: proposal %d of %d: %s", i, len(proposals), "; ".join(notes))
+    points = [to_params(c, cfg.search.space) for c in proposals]
     sampler = tpe_sampler(cfg.search.seed, cfg.search.num_samples)
     metric, mode = METRIC, "max"
     if cfg.search.pareto:

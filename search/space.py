@@ -96,6 +96,35 @@ def grid(space: SpaceConfig) -> dict[str, Any]:
     }
 
 
+def adaptations(config: dict[str, Any], space: SpaceConfig) -> list[str]:
+    """How :func:`to_params` moves ``config`` into ``space``, one phrase per change (none when
+    the config is a point of the space): a search started from another experiment's proposals
+    says what it changed rather than silently trying something else."""
+    notes = []
+    weights = {d: x for d, x in (config.get("weights") or {}).items() if x > 0}
+    outside = sorted(set(weights) - set(space.weight_domains()))
+    if outside:
+        notes.append(f"weights on {', '.join(outside)} dropped (not in this space)")
+    if isinstance(space.weights, WeightChoices) and weights and weights not in space.weights.choices:
+        notes.append("weights snapped to the nearest listed mixture")
+    elif isinstance(space.weights, dict) and weights and weights != space.weights:
+        notes.append("weights replaced by this space's fixed weights")
+    knobs = space.knobs()
+    for k, x in config.items():
+        spec = knobs.get(k)
+        if k == "weights":
+            continue
+        if spec is None:
+            notes.append(f"{k} dropped (not in this space)")
+        elif isinstance(spec, Range) and not spec.low <= x <= spec.high:
+            notes.append(f"{k} {x:g} clipped into [{spec.low:g}, {spec.high:g}]")
+        elif isinstance(spec, Choices) and x not in spec.choices:
+            notes.append(f"{k} {x:g} snapped to the nearest of {spec.choices}")
+        elif not isinstance(spec, (Range, Choices)) and x != spec:
+            notes.append(f"{k} {x:g} replaced by this space's fixed {spec:g}")
+    return notes
+
+
 def to_params(config: dict[str, Any], space: SpaceConfig) -> dict[str, Any]:
     """The Optuna parameters under which :class:`DefineByRun` suggests ``config`` (or its nearest
     point in ``space``): for ``points_to_evaluate``, so a search can start from known configs.

@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import optuna
 
-from search.config import Range, Simplex, SpaceConfig
+from search.config import Range, Simplex, SpaceConfig, WeightChoices
 from search.space import DefineByRun, weights_from_uniforms
 
 DOMAINS = ["random", "repeated", "periodic", "mirrored"]
@@ -130,7 +130,7 @@ def test_every_knob_can_be_searched():
 
 
 def test_known_configs_map_back_to_the_optuna_parameters_that_suggest_them():
-    from search.space import to_params
+    from search.space import adaptations, to_params
 
     rng = np.random.default_rng(0)
     for space in (SpaceConfig(weights=Simplex(simplex=DOMAINS)),
@@ -151,7 +151,23 @@ def test_known_configs_map_back_to_the_optuna_parameters_that_suggest_them():
             assert abs(got["learning_rate"] - config["learning_rate"]) < 1e-12
             for d in DOMAINS:
                 assert abs(got["weights"][d] - config["weights"][d]) < 1e-9, (config, got)
-    # Outside the space: the nearest point inside it.
-    space = SpaceConfig(num_instructions=Range(low=8, high=100))
-    params = to_params({"weights": {d: 0.25 for d in DOMAINS}, "num_instructions": 5000, "learning_rate": 0.5}, space)
+            assert adaptations(config, space) == []  # a point of the space: nothing to say
+    # Outside the space: the nearest point inside it, and each change said.
+    space = SpaceConfig(weights=Simplex(simplex=DOMAINS[:2]), num_instructions=Range(low=8, high=100))
+    config = {"weights": {d: 0.25 for d in DOMAINS}, "num_instructions": 5000, "learning_rate": 0.5,
+              "budget": 600, "weight_decay": 0.1}
+    params = to_params(config, space)
     assert params["num_instructions"] == 100 and params["learning_rate"] == 6e-3
+    assert adaptations(config, space) == [
+        "weights on mirrored, periodic dropped (not in this space)",
+        "num_instructions 5000 clipped into [8, 100]",
+        "learning_rate 0.5 clipped into [0.001, 0.006]",
+        "budget 600 replaced by this space's fixed 20000",
+        "weight_decay dropped (not in this space)",
+    ]
+    listed = SpaceConfig(weights=WeightChoices(choices=[{"random": 1.0}, {"random": 0.5, "repeated": 0.5}]))
+    assert adaptations({"weights": {"random": 0.5, "repeated": 0.5}}, listed) == []
+    assert adaptations({"weights": {"random": 0.6, "repeated": 0.4}}, listed) == [
+        "weights snapped to the nearest listed mixture"]
+    assert adaptations({"weights": {"random": 0.6, "repeated": 0.4}}, SpaceConfig(weights={"random": 1.0})) == [
+        "weights on repeated dropped (not in this space)", "weights replaced by this space's fixed weights"]
