@@ -212,6 +212,11 @@ def prepare(cfg: Config, *, force: bool = False) -> Path:
         started = time.time()
         manifest = _write_files(cfg, tmp, want) if cfg.corpus.source == "files" else _write_string_rewrite(cfg, tmp, want)
         (tmp / MANIFEST).write_text(manifest.to_json())
+        if not force and (final / MANIFEST).exists() and Manifest.load(final).spec_hash == want:
+            # Another search (sharing pool_dir on a cluster) wrote the same pool meanwhile, and its
+            # trials may be reading it: keep it, never delete it under them.
+            log.info("pool %s was written meanwhile by another prepare: reusing it", final)
+            return final
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -65,6 +65,27 @@ def test_a_failed_prepare_leaves_no_pool(ray_cluster, tmp_path, monkeypatch):
     assert Manifest.load(prepare(cfg)).train  # and a later prepare builds it whole
 
 
+def test_a_pool_written_meanwhile_by_another_prepare_is_kept(ray_cluster, tmp_path, monkeypatch):
+    from search import pool as pool_mod
+
+    cfg = load_config(write_config(tmp_path))
+    theirs = prepare(cfg)
+    (theirs / "their-trials-read-this").touch()
+    aside = theirs.with_name("aside")
+    theirs.rename(aside)
+    write = pool_mod._write_string_rewrite
+
+    def slower_than_the_other_search(*args):
+        manifest = write(*args)
+        aside.rename(theirs)  # the other search finishes first and its trials start reading
+        return manifest
+
+    monkeypatch.setattr(pool_mod, "_write_string_rewrite", slower_than_the_other_search)
+    assert prepare(cfg) == theirs
+    assert (theirs / "their-trials-read-this").exists()  # not deleted and replaced under them
+    assert [p.name for p in (tmp_path / "pools").iterdir()] == [theirs.name]  # our copy removed
+
+
 def test_manifest_is_json_and_a_non_pool_is_refused(small_pool, tmp_path):
     _, pool = small_pool
     raw = json.loads((pool / MANIFEST).read_text())
