@@ -514,6 +514,15 @@ def _where(source: str, root: yaml.Node | None, loc: tuple[Any, ...]) -> str:
     return f"{at}, key {key}"
 
 
+def key_location(source: str, key: tuple[str, ...]) -> str:
+    """``file, line N, key a.b`` of a key of a config file, for checks made after it loaded."""
+    try:
+        root = yaml.compose(Path(source).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        root = None
+    return _where(source, root, key)
+
+
 _FORMS = {
     "Fixed": "a knob is a number, {low: .., high: .., log: ..} or {choices: [..]}",
     "Mapping": "weights are {domain: weight, ..}, {simplex: [domains]} or {choices: [mixtures]}",

@@ -23,7 +23,9 @@ import optuna
 import pyarrow.fs as pafs
 import yaml
 
-from search.config import Config, ConfigError, check_space_against_pool, is_uri, storage_root, trial_setup
+from search.config import (
+    Config, ConfigError, check_space_against_pool, is_uri, key_location, storage_root, trial_setup,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,38 @@ def init_ray(cfg: Config) -> None:
         # address="local": always a new cluster of our own. Without it ray.init() joins any
         # cluster already running on this machine (`ray start`, another tool's), sized for it.
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+
+
+def check_model_source(cfg: Config, source: str) -> None:
+    """Load a hub model's config before any cluster work. Otherwise a hub id that is misspelt,
+    unreachable or not cached (``HF_HUB_OFFLINE``) fails in every trial, each retrying the hub
+    for about 26 s, and Tune retries each trial. Local directories are checked when the config
+    loads."""
+    name = cfg.model.pretrained
+    if name is None or Path(name).is_dir():
+        return
+    from transformers import AutoConfig
+
+    from trainables.tokenizer import hub_offline
+
+    trust = cfg.model.trust_remote_code
+    try:
+        AutoConfig.from_pretrained(name, trust_remote_code=trust, local_files_only=True)  # cached: no network
+        return
+    except (OSError, ValueError) as e:
+        error = e
+    if not hub_offline():
+        try:
+            AutoConfig.from_pretrained(name, trust_remote_code=trust)
+            return
+        except (OSError, ValueError) as e:
+            error = e
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    raise ConfigError(
+        f"{key_location(source, ('model', 'pretrained'))}: cannot load {name}: {first} (a hub id needs "
+        "the hub, or its files cached, with HF_HUB_OFFLINE=1 on machines without it; or give a "
+        "directory saved with save_pretrained)"
+    )
 
 
 def _check_resources(cfg: Config) -> None:
@@ -369,6 +403,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     if cfg.search.start_from and not resume:
         previous_proposals(cfg)  # a missing or empty previous experiment fails here, before Ray starts
     pool_path(cfg)  # so do a files corpus's missing files (its pool is named by their sizes and times)
+    check_model_source(cfg, source)  # and a hub model that cannot be loaded
     started = time.time()
     # torch and transformers take seconds to import and the driver needs them only to hand Tune
     # the trainable: import them while the local cluster starts (about 1.7 s less per search).

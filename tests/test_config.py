@@ -125,6 +125,20 @@ def test_a_missing_corpus_file_is_one_line_before_ray(tmp_path, capsys, verb, mi
     assert not (tmp_path / "results").exists() and not (tmp_path / "pools").exists()
 
 
+@pytest.mark.parametrize("verb", ["prepare", "run"])
+def test_a_hub_model_that_cannot_be_loaded_is_one_line_before_ray(tmp_path, capsys, monkeypatch, verb):
+    # Offline and not cached: without the check every trial would fail, each after retrying the hub.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = write_config(tmp_path, {"model": {"tiny": None, "pretrained": "nobody/no-such-model"}})
+    assert main([verb, str(path)]) == 2
+    err = capsys.readouterr().err
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "no-such-model" in text)
+    assert err.startswith(f"error: {path}, line {line}, key model.pretrained: cannot load nobody/no-such-model")
+    assert "HF_HUB_OFFLINE" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not ray.is_initialized()
+    assert not (tmp_path / "results").exists() and not (tmp_path / "pools").exists()
+
+
 def test_cli_num_samples_override(tmp_path):
     from search.config import load_config as lc
 

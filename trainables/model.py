@@ -12,7 +12,7 @@ import torch
 
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from trainables.tokenizer import _offline, load_tokenizer
+from trainables.tokenizer import hub_offline, load_tokenizer
 
 
 def build_model(tiny: dict, max_length: int, tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
@@ -49,7 +49,7 @@ def load(model_cfg: dict):
 
         source, trust = model_cfg["pretrained"], bool(model_cfg.get("trust_remote_code"))
         model = AutoModelForCausalLM.from_pretrained(
-            source, trust_remote_code=trust, local_files_only=_offline(), dtype=torch.float32
+            source, trust_remote_code=trust, local_files_only=hub_offline(), dtype=torch.float32
         )
     else:
         model = build_model(model_cfg["tiny"], model_cfg["max_length"], tokenizer)

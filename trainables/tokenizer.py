@@ -28,7 +28,8 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIALS)
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` forbids the hub: then models and tokenizers load from the cache only."""
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
@@ -40,7 +41,7 @@ def load_tokenizer(model_cfg: dict) -> PreTrainedTokenizerFast:
 
         tokenizer = AutoTokenizer.from_pretrained(
             model_cfg["pretrained"], trust_remote_code=bool(model_cfg.get("trust_remote_code")),
-            local_files_only=_offline(),
+            local_files_only=hub_offline(),
         )
         if tokenizer.pad_token_id is None:  # many causal LMs ship none; any id works under right padding
             tokenizer.pad_token = tokenizer.eos_token
