@@ -34,6 +34,22 @@ def _config_lines(config: dict) -> list[str]:
     return [f"  {k}: {_fmt(v)}" for k, v in config.items()]
 
 
+def _failure_lines(trials: list[dict], shown: int = 3) -> list[str]:
+    """Why trials failed (ERROR) or were stopped (NaN loss, out of memory), one line per reason:
+    a search whose trials all fail the same way says why once, not once per trial."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for t in trials:
+        if t.get("status") in ("ERROR", "STOPPED"):
+            reason = next((r for r in (t.get("reason") or "").splitlines() if r.strip()), "no reason recorded")
+            groups.setdefault((t["status"], reason), []).append(t["trial_id"])
+    lines = []
+    for (status, reason), ids in groups.items():
+        which = ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+        verb = "failed" if status == "ERROR" else "stopped"
+        lines.append(f"{len(ids)} {'trial' if len(ids) == 1 else 'trials'} {verb} ({which}): {reason[:300]}")
+    return lines
+
+
 def summary_text(summary: dict) -> str:
     """The finished search in a few lines: the best trial, the Pareto front, the surrogate's
     proposal, where the results are (what ``mixsearch run`` prints at its end)."""
@@ -44,6 +60,9 @@ def summary_text(summary: dict) -> str:
     if best:
         lines.append(f"best trial {best['trial_id']}: unseen_accuracy {best['unseen_accuracy']:.3f}")
         lines += _config_lines(best["config"])
+    else:
+        lines.append("no trial reported an unseen_accuracy")
+    lines += _failure_lines(summary.get("trials") or [])
     pareto = summary.get("pareto")
     if pareto:
         lines.append(f"pareto front (unseen accuracy against {pareto['against']}):")

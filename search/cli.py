@@ -123,7 +123,7 @@ def _main(argv: list[str] | None) -> int:
     from analysis.report import summary_text
 
     print("\n" + summary_text(asdict(summary)))
-    return 0
+    return 0 if summary.best else 1  # every trial failed: nothing found, and scripts should know
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -100,7 +101,7 @@ def test_a_gpu_trial_on_a_cluster_without_gpus_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_faults_inside_trials_are_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
+def test_faults_inside_trials_are_recorded_and_the_search_goes_on(tmp_path, monkeypatch, capsys):
     # Three trials each get one fault after their first epoch; the others run normally.
     monkeypatch.setenv("MIXSEARCH_FAULTS", "raise,nan,oom")
     monkeypatch.setenv("MIXSEARCH_FAULT_DIR", str(tmp_path))
@@ -113,6 +114,22 @@ def test_faults_inside_trials_are_recorded_and_the_search_goes_on(tmp_path, monk
     assert reasons == [("ERROR", "RuntimeError"), ("STOPPED", "FloatingPointError"), ("STOPPED", "OutOfMemoryError")]
     assert "injected fault" in next(t["reason"] for t in summary["trials"] if t["status"] == "ERROR")
     assert summary["best"]["trial_id"] in {t["trial_id"] for t in summary["trials"] if t["status"] == "COMPLETED"}
+    # The printed summary says why, one line per reason.
+    out = capsys.readouterr().out
+    assert re.search(r"^1 trial failed \(\w+\): RuntimeError: injected fault", out, re.M), out
+    assert re.search(r"^1 trial stopped \(\w+\): FloatingPointError", out, re.M), out
+    assert re.search(r"^1 trial stopped \(\w+\): OutOfMemoryError", out, re.M), out
+
+
+@pytest.mark.slow
+def test_a_search_whose_every_trial_fails_says_why_and_exits_1(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MIXSEARCH_FAULTS", "raise")
+    monkeypatch.setenv("MIXSEARCH_FAULT_DIR", str(tmp_path))
+    path = write_config(tmp_path, {"training": {"epochs": 2}, "search": {"num_samples": 1, "max_failures": 0}})
+    assert main(["run", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "no trial reported an unseen_accuracy" in out and "1 trial failed" in out, out
+    assert load(tmp_path / "results" / "t" / "summary.json")["best"] is None  # still summarized
 
 
 @pytest.mark.slow
