@@ -138,6 +138,23 @@ def check_model_source(cfg: Config, source: str) -> None:
     )
 
 
+def check_rows_fit(cfg: Config, pool: Path, source: str) -> None:
+    """On the built-in corpus with the character tokenizer, a row longer than ``model.max_length``
+    fails every trial; say so before the first. (Prepare drops or cuts a file corpus's long rows;
+    a pretrained tokenizer's counts are known only once it has tokenized.)"""
+    if cfg.model.pretrained or cfg.corpus.source != "string_rewrite":
+        return
+    from search.pool import longest_row_chars
+    from trainables.tokenizer import PROMPT
+
+    longest = longest_row_chars(pool) + len(PROMPT.format(instruction="", input="")) + 2  # <bos>, <eos>
+    if longest > cfg.model.max_length:
+        raise ConfigError(
+            f"{key_location(source, ('model', 'max_length'))}: the pool's longest row is {longest} "
+            f"tokens (prompt and answer), more than max_length {cfg.model.max_length}"
+        )
+
+
 def _check_resources(cfg: Config) -> None:
     """A trial that asks for more than a fixed (local) cluster has would wait forever: refuse."""
     import ray
@@ -409,11 +426,14 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     # the trainable: import them while the local cluster starts (about 1.7 s less per search).
     importer = threading.Thread(target=importlib.import_module, args=("trainables.train",), daemon=True)
     importer.start()
-    init_ray(cfg)
-    _check_resources(cfg)
-    pool = prepare(cfg)
-    check_space_against_pool(cfg, Manifest.load(pool).rules(), source)
-    importer.join()
+    try:
+        init_ray(cfg)
+        _check_resources(cfg)
+        pool = prepare(cfg)
+        check_space_against_pool(cfg, Manifest.load(pool).rules(), source)
+        check_rows_fit(cfg, pool, source)
+    finally:  # also on an error: exiting mid-import (torch) would add a traceback to its one line
+        importer.join()
     from trainables.train import trainable  # re-raises here if the import failed in the thread
 
     setup = trial_setup(cfg, pool)

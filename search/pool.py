@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from search import corpus
@@ -151,6 +152,16 @@ def _expand(batch: dict, params: corpus.StringRewriteParams) -> dict:
         count = params.examples_per_rule if rule.split == "train" else params.unseen_examples_per_rule
         rows.extend(corpus.generate_examples(rule, count, params))
     return {k: [r[k] for r in rows] for k in ("domain", *SCHEMA.names)}
+
+
+def longest_row_chars(pool: Path) -> int:
+    """The most characters of instruction, input and output together in any row of the pool."""
+    longest = 0
+    for split in SPLITS:
+        for b in pads.dataset(pool / split, format="parquet").to_batches(columns=["instruction", "input", "output"]):
+            chars = pc.add(pc.add(pc.utf8_length(b["instruction"]), pc.utf8_length(b["input"])), pc.utf8_length(b["output"]))
+            longest = max(longest, pc.max(chars).as_py() or 0)
+    return longest
 
 
 def read_split(pool: Path, split: str, domain: str | None = None, filter=None) -> pa.Table:

@@ -100,6 +100,28 @@ def test_a_gpu_trial_on_a_cluster_without_gpus_is_refused(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
+def test_a_max_length_below_the_longest_row_is_refused_before_any_trial(tmp_path, capsys):
+    import pyarrow as pa
+
+    from search.pool import read_split
+    from trainables.data import encode
+    from trainables.tokenizer import char_tokenizer
+
+    path = write_config(tmp_path, {"model": {"max_length": 16}})
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    found = re.search(r"line \d+, key model.max_length: the pool's longest row is (\d+) tokens", err)
+    assert found and "Traceback" not in err, err
+    assert not (tmp_path / "results").exists()
+    # The figure is the trials' own encoding's: every row fits in it, and not in one less.
+    pool = next((tmp_path / "pools").iterdir())
+    rows = pa.concat_tables([read_split(pool, split) for split in ("train", "unseen")])
+    longest = int(found.group(1))
+    encode(rows, char_tokenizer(), longest)
+    with pytest.raises(ValueError, match="exceeds"):
+        encode(rows, char_tokenizer(), longest - 1)
+
+
 @pytest.mark.slow
 def test_faults_inside_trials_are_recorded_and_the_search_goes_on(tmp_path, monkeypatch, capsys):
     # Three trials each get one fault after their first epoch; the others run normally.
