@@ -158,8 +158,10 @@ def longest_row_chars(pool: Path) -> int:
     """The most characters of instruction, input and output together in any row of the pool."""
     longest = 0
     for split in SPLITS:
-        for b in pads.dataset(pool / split, format="parquet").to_batches(columns=["instruction", "input", "output"]):
-            chars = pc.add(pc.add(pc.utf8_length(b["instruction"]), pc.utf8_length(b["input"])), pc.utf8_length(b["output"]))
+        columns = ["instruction", "input", "output"]
+        for b in pads.dataset(pool / split, format="parquet").to_batches(columns=columns):
+            chars = pc.add(pc.add(pc.utf8_length(b["instruction"]), pc.utf8_length(b["input"])),
+                           pc.utf8_length(b["output"]))
             longest = max(longest, pc.max(chars).as_py() or 0)
     return longest
 

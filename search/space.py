@@ -111,9 +111,9 @@ def adaptations(config: dict[str, Any], space: SpaceConfig) -> list[str]:
         notes.append("weights replaced by this space's fixed weights")
     knobs = space.knobs()
     for k, x in config.items():
-        spec = knobs.get(k)
         if k == "weights":
             continue
+        spec = knobs.get(k)
         if spec is None:
             notes.append(f"{k} dropped (not in this space)")
         elif isinstance(spec, Range) and not spec.low <= x <= spec.high:
