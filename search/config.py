@@ -261,19 +261,21 @@ class Range(_Strict):
 
 
 class Simplex(_Strict):
-    """Domain weights searched on the simplex over the listed domains.
+    """Domain weights searched on the simplex over the listed domains, or over every domain of
+    the pool (``all``, the default: a file corpus's domains, clustered ones included, are known
+    only once it is prepared; see :func:`with_pool_domains`).
 
     ``min_weight``: every kept domain gets at least this much (uniform over what remains);
     ``dropout``: the search may also leave domains out entirely (at least one is kept).
     """
 
-    simplex: list[str] = Field(min_length=1)
+    simplex: Union[list[str], Literal["all"]] = Field(min_length=1)
     min_weight: float = Field(0.0, ge=0.0, lt=1.0)
     dropout: bool = False
 
     @model_validator(mode="after")
     def _room(self) -> "Simplex":
-        if self.min_weight * len(self.simplex) > 1:
+        if self.simplex != "all" and self.min_weight * len(self.simplex) > 1:
             raise ValueError(
                 f"min_weight {self.min_weight} x {len(self.simplex)} domains exceeds 1"
             )
@@ -351,7 +353,7 @@ class SpaceConfig(_Strict):
     ``warmup_fraction`` default to the training section's values.
     """
 
-    weights: Weights = Simplex(simplex=list(corpus.DOMAINS))
+    weights: Weights = Simplex(simplex="all")
     num_instructions: Optional[Number] = Range(low=8, high=2000, log=True)
     examples_per_instruction: Optional[Number] = None
     budget: Number = 20000
@@ -368,7 +370,7 @@ class SpaceConfig(_Strict):
         if isinstance(v, dict):
             if not v or any(w < 0 for w in v.values()) or abs(sum(v.values()) - 1) > 1e-6:
                 raise ValueError(f"fixed weights must be >= 0 and sum to 1, got {v}")
-        elif len(set(v.simplex)) != len(v.simplex):
+        elif v.simplex != "all" and len(set(v.simplex)) != len(v.simplex):
             raise ValueError("simplex lists a domain twice")
         return v
 
@@ -408,6 +410,8 @@ class SpaceConfig(_Strict):
 
     def weight_domains(self) -> list[str]:
         if isinstance(self.weights, Simplex):
+            if self.weights.simplex == "all":
+                raise ValueError("weights: {simplex: all} names the pool's domains: resolve it with with_pool_domains")
             return list(self.weights.simplex)
         if isinstance(self.weights, WeightChoices):
             return sorted({d for w in self.weights.choices for d in w})
@@ -597,6 +601,20 @@ def expected_pool_rules(cfg: Config) -> dict[str, int] | None:
     return {d: sr.rules_per_domain for d in sr.domains}
 
 
+def with_pool_domains(cfg: Config, domains: list[str], source: str = "config") -> Config:
+    """``cfg`` with ``weights: {simplex: all}`` spelt out as the pool's domains (itself otherwise)."""
+    w = cfg.search.space.weights
+    if not isinstance(w, Simplex) or w.simplex != "all":
+        return cfg
+    try:
+        simplex = Simplex(simplex=list(domains), min_weight=w.min_weight, dropout=w.dropout)
+    except ValidationError as e:
+        reason = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+        raise ConfigError(f"{key_location(source, ('search', 'space', 'weights'))}: {reason}") from None
+    space = cfg.search.space.model_copy(update={"weights": simplex})
+    return cfg.model_copy(update={"search": cfg.search.model_copy(update={"space": space})})
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Read, validate and cross-check a config file (the built-in default when path is None).
 
@@ -635,7 +653,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
     except ValidationError as e:
         raise ConfigError(_format(e, source, root)) from None
     expected = expected_pool_rules(cfg)
-    if expected is not None:
+    if expected is not None:  # the built-in corpus: its domains are known before it is prepared
+        cfg = with_pool_domains(cfg, list(expected), source)
         check_space_against_pool(cfg, expected, source, root)
     return cfg
 

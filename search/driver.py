@@ -25,6 +25,7 @@ import yaml
 
 from search.config import (
     Config, ConfigError, check_space_against_pool, is_uri, key_location, storage_root, trial_setup,
+    with_pool_domains,
 )
 
 log = logging.getLogger(__name__)
@@ -430,6 +431,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
         init_ray(cfg)
         _check_resources(cfg)
         pool = prepare(cfg)
+        started_as, cfg = cfg, with_pool_domains(cfg, Manifest.load(pool).domains, source)
         check_space_against_pool(cfg, Manifest.load(pool).rules(), source)
         check_rows_fit(cfg, pool, source)
     finally:  # also on an error: exiting mid-import (torch) would add a traceback to its one line
@@ -471,7 +473,8 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
             ),
         )
     if not resume:
-        _write_text(fs, f"{exp}/{CONFIG}", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        # As given ({simplex: all} unresolved), so that --resume compares like with like.
+        _write_text(fs, f"{exp}/{CONFIG}", yaml.safe_dump(started_as.model_dump(mode="json"), sort_keys=False))
     results = tuner.fit()
     # Tune returns normally after a Ctrl-C, with the unfinished trials RUNNING or PENDING (or not
     # yet created): summarizing them would call them stopped early and the search done.

@@ -62,6 +62,16 @@ def test_a_searched_value_is_judged_by_the_form_it_takes(tmp_path, space, expect
         assert f"key search.space.{words}" in line, line
 
 
+def test_weights_default_to_the_simplex_over_the_corpus_domains(tmp_path):
+    path = write_config(tmp_path, {"corpus": {"string_rewrite": {"domains": ["random", "mirrored"]}},
+                                   "search": {"space": {"num_instructions": {"low": 4, "high": 50}}}})
+    assert load_config(path).search.space.weight_domains() == ["random", "mirrored"]
+    # The same spelt out; with a floor too high for them, the error names the weights key.
+    path = write_config(tmp_path, {"search": {"space": {"weights": {"simplex": "all", "min_weight": 0.3}}}})
+    with pytest.raises(ConfigError, match=r"key search.space.weights: min_weight 0.3 x 4 domains exceeds 1"):
+        load_config(path)
+
+
 def test_more_instructions_than_the_pool_holds(tmp_path):
     # SMALL: 30 rules in each of 4 domains = 120 in the pool.
     path = write_config(tmp_path, {"search": {"space": {"num_instructions": {"low": 4, "high": 500}}}})

@@ -247,7 +247,8 @@ def test_a_search_on_a_file_corpus_end_to_end(tmp_path):
 
     from search.cli import main
 
-    write_jsonl(tmp_path / "c.jsonl", rows(12, 10))
+    domains = ("math", "text", "code")
+    write_jsonl(tmp_path / "c.jsonl", rows(12, 10, domains))
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({
         "name": "files", "storage_path": str(tmp_path / "results"),
@@ -255,15 +256,20 @@ def test_a_search_on_a_file_corpus_end_to_end(tmp_path):
                    "files": {"paths": [str(tmp_path / "c.jsonl")], "unseen": {"fraction": 0.34}}},
         "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}, "max_length": 64},
         "training": {"epochs": 2, "eval_examples": 40},
-        "search": {"num_samples": 2, "space": {"weights": {"simplex": ["math", "text"]},
-                                               "num_instructions": {"low": 2, "high": 8}, "budget": 80}},
+        # No weights given: the simplex over every domain of the pool, known once it is prepared.
+        "search": {"num_samples": 2, "space": {"num_instructions": {"low": 2, "high": 8}, "budget": 80}},
         "ray": {"num_cpus": 2},
     }))
+    exp = tmp_path / "results" / "files"
     try:
         assert main(["run", str(path)]) == 0
+        # The saved config keeps `all`, so a resume compares like with like and is accepted.
+        assert yaml.safe_load((exp / "config.yaml").read_text())["search"]["space"]["weights"]["simplex"] == "all"
+        assert main(["run", str(path), "--resume"]) == 0
     finally:
         ray.shutdown()
-    summary = json.loads((tmp_path / "results" / "files" / "summary.json").read_text())
+    summary = json.loads((exp / "summary.json").read_text())
     assert summary["num_trials"] == 2
     for t in summary["trials"]:
-        assert t["status"] in ("COMPLETED", "EARLY_STOPPED") and set(t["per_domain"]) == {"math", "text"}
+        assert t["status"] in ("COMPLETED", "EARLY_STOPPED") and set(t["per_domain"]) == set(domains)
+        assert set(t["config"]["weights"]) == set(domains) and all(w > 0 for w in t["config"]["weights"].values())
