@@ -411,7 +411,7 @@ class SpaceConfig(_Strict):
     def weight_domains(self) -> list[str]:
         if isinstance(self.weights, Simplex):
             if self.weights.simplex == "all":
-                raise ValueError("weights: {simplex: all} names the pool's domains: resolve it with with_pool_domains")
+                raise ValueError("{simplex: all} names the pool's domains: resolve it with with_pool_domains")
             return list(self.weights.simplex)
         if isinstance(self.weights, WeightChoices):
             return sorted({d for w in self.weights.choices for d in w})

@@ -431,8 +431,9 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
         init_ray(cfg)
         _check_resources(cfg)
         pool = prepare(cfg)
-        started_as, cfg = cfg, with_pool_domains(cfg, Manifest.load(pool).domains, source)
-        check_space_against_pool(cfg, Manifest.load(pool).rules(), source)
+        manifest = Manifest.load(pool)
+        started_as, cfg = cfg, with_pool_domains(cfg, manifest.domains, source)
+        check_space_against_pool(cfg, manifest.rules(), source)
         check_rows_fit(cfg, pool, source)
     finally:  # also on an error: exiting mid-import (torch) would add a traceback to its one line
         importer.join()
