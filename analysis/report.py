@@ -82,11 +82,15 @@ def summary_text(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _unfinished(experiment: str | Path) -> str:
+    return (f"{experiment}: no {SUMMARY} yet (the search is running, or was interrupted: "
+            "`mixsearch run CONFIG --resume` finishes it)")
+
+
 def progress_text(experiment: str | Path, prog: pd.DataFrame, top: int = 5) -> str:
     """A search without a summary yet (running, or interrupted), from its ``progress()``: trials
     and epochs so far and the best trials by their last reported ``unseen_accuracy``."""
-    lines = [f"{experiment}: no {SUMMARY} yet (the search is running, or was interrupted: "
-             "`mixsearch run CONFIG --resume` finishes it)",
+    lines = [_unfinished(experiment),
              f"{len(prog)} trials so far, {int(prog['epochs'].sum())} epochs trained; "
              f"best by their last reported unseen_accuracy:"]
     knobs = plots.searched_knobs(prog)
@@ -114,7 +118,7 @@ def report(experiment: str | Path, out: str | Path | None = None) -> tuple[str, 
     prog = progress(exp)
     if not finished and prog.empty:
         started = len(list(exp.glob("trial_*")))
-        return f"{experiment}: {started} trials started, none has reported an epoch yet", []
+        return f"{_unfinished(experiment)}\n{started} trials started, none has reported an epoch yet", []
     try:
         summary = load_summary(exp) if finished else None
         text = summary_text(summary) if finished else progress_text(experiment, prog)
