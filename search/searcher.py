@@ -74,6 +74,17 @@ class MultiFidelityOptunaSearch(OptunaSearch):
                 self._completed_trials.add(trial_id)
                 self._pending.pop(trial_id, None)
 
+    @staticmethod
+    def _reported_steps(ot_trial) -> dict[int, float]:
+        return ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if (not self._pareto and ot_trial is not None and trial_id not in self._completed_trials
+                and result.get("training_iteration") in self._reported_steps(ot_trial)):
+            return  # an epoch delivered again (Tune delivers at least once; a resume): Optuna would warn
+        super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None or trial_id in self._completed_trials:
@@ -92,7 +103,7 @@ class MultiFidelityOptunaSearch(OptunaSearch):
         # report it too, so the study holds every epoch and a pruned trial is ranked by its last.
         if result and not error and not result.get("stopped") and self.metric in result:
             step = result.get("training_iteration")
-            if step is not None and step not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
+            if step is not None and step not in self._reported_steps(ot_trial):
                 ot_trial.report(result[self.metric], step)
         if not stopped_early:
             return super().on_trial_complete(trial_id, result, error)
