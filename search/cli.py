@@ -87,11 +87,10 @@ def _main(argv: list[str] | None) -> int:
     try:
         if args.verb == "prepare":
             cfg = load_config(args.config)
-            from search.driver import check_model_source, init_ray
-            from search.pool import Manifest, pool_path, prepare
+            from search.driver import check_inputs, init_ray
+            from search.pool import Manifest, prepare
 
-            pool_path(cfg)  # a files corpus's missing files fail here, before Ray starts
-            check_model_source(cfg, args.config or str(DEFAULT_CONFIG))  # and an unloadable hub model
+            check_inputs(cfg, args.config or str(DEFAULT_CONFIG))  # missing files, a hub model: before Ray
             init_ray(cfg)
             pool = prepare(cfg, force=args.force)
             m = Manifest.load(pool)

@@ -119,15 +119,11 @@ def check_model_source(cfg: Config, source: str) -> None:
 
     from trainables.tokenizer import hub_offline
 
-    trust = cfg.model.trust_remote_code
-    try:
-        AutoConfig.from_pretrained(name, trust_remote_code=trust, local_files_only=True)  # cached: no network
-        return
-    except (OSError, ValueError) as e:
-        error = e
-    if not hub_offline():
+    # The cache first (no network), then the hub unless HF_HUB_OFFLINE forbids it.
+    for local_only in (True,) if hub_offline() else (True, False):
         try:
-            AutoConfig.from_pretrained(name, trust_remote_code=trust)
+            AutoConfig.from_pretrained(name, trust_remote_code=cfg.model.trust_remote_code,
+                                       local_files_only=local_only)
             return
         except (OSError, ValueError) as e:
             error = e
@@ -137,6 +133,15 @@ def check_model_source(cfg: Config, source: str) -> None:
         "the hub, or its files cached, with HF_HUB_OFFLINE=1 on machines without it; or give a "
         "directory saved with save_pretrained)"
     )
+
+
+def check_inputs(cfg: Config, source: str) -> None:
+    """What can be checked before Ray starts, beyond the config itself: a files corpus's files
+    (its pool is named by their sizes and times) and a hub model."""
+    from search.pool import pool_path
+
+    pool_path(cfg)
+    check_model_source(cfg, source)
 
 
 def check_rows_fit(cfg: Config, pool: Path, source: str) -> None:
@@ -401,7 +406,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from search.pool import Manifest, pool_path, prepare
+    from search.pool import Manifest, prepare
 
     fs, exp, shown = experiment_location(cfg)
     # Decide before touching Ray: never overwrite an experiment. --resume finishes one, or starts
@@ -420,8 +425,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
         expand_secrets(cfg.search.study_storage)  # a missing variable fails here, before Ray starts
     if cfg.search.start_from and not resume:
         previous_proposals(cfg)  # a missing or empty previous experiment fails here, before Ray starts
-    pool_path(cfg)  # so do a files corpus's missing files (its pool is named by their sizes and times)
-    check_model_source(cfg, source)  # and a hub model that cannot be loaded
+    check_inputs(cfg, source)  # so do a files corpus's missing files and an unloadable hub model
     started = time.time()
     # torch and transformers take seconds to import and the driver needs them only to hand Tune
     # the trainable: import them while the local cluster starts (about 1.7 s less per search).
