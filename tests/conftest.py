@@ -6,6 +6,10 @@ import copy
 from pathlib import Path
 
 import pytest
+# Ray Data binds its log handler to sys.stderr when first imported. Imported inside a test that
+# captures output (capsys), the handler would keep that test's stream and, once it is closed,
+# a later test's Ray Data log would print a "Logging error" traceback into that test's output.
+import ray.data  # noqa: F401
 import yaml
 
 from search.config import load_config
