@@ -53,9 +53,11 @@ def _failure_lines(trials: list[dict], shown: int = 3) -> list[str]:
 def summary_text(summary: dict) -> str:
     """The finished search in a few lines: the best trial, the Pareto front, the surrogate's
     proposal, where the results are (what ``mixsearch run`` prints at its end)."""
+    runs = summary.get("run_seconds") or []  # more than one when the experiment was resumed
     lines = [f"{summary['num_trials']} trials in {summary['wall_seconds']:.0f}s"
              + (f" ({', '.join(f'{n} {s.lower()}' for s, n in summary['counts'].items())})"
-                if summary.get("counts") else "")]
+                if summary.get("counts") else "")
+             + (f", over {len(runs)} runs (--resume): {', '.join(f'{t:.0f}s' for t in runs)}" if len(runs) > 1 else "")]
     best = summary.get("best")
     if best:
         lines.append(f"best trial {best['trial_id']}: unseen_accuracy {best['unseen_accuracy']:.3f}")

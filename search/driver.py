@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 METRIC = "unseen_accuracy"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"  # the config an experiment started with, saved beside it
+RUNS = "runs.json"  # seconds of each run of the experiment: the first, then each --resume
 # What a resume may change: where the experiment and the cluster are. Tune resumes everything else
 # as it started, so a change there would be silently ignored.
 RESUMABLE = ("name", "storage_path", "ray.", "search.start_from")
@@ -56,11 +57,12 @@ class Summary:
     trials: list[TrialSummary]
     num_trials: int
     counts: dict[str, int]  # trials per status
-    wall_seconds: float
+    wall_seconds: float  # every run of the experiment: sum(run_seconds)
     experiment_path: str
     pool: str
     pareto: dict[str, Any] | None = None  # {against, front: [...]} when search.pareto is set
     surrogate: dict[str, Any] | None = None  # rank correlation and proposals (search/surrogate.py)
+    run_seconds: list[float] = field(default_factory=list)  # each run, the first to this one
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False, default=str)
@@ -229,8 +231,10 @@ def pareto_front(trials: list[TrialSummary], against: str, costs: dict[str, floa
     return front
 
 
-def summarize(results, cfg: Config, pool: Path, wall_seconds: float) -> Summary:
-    """Condense a ResultGrid into the summary users read and notebooks load."""
+def summarize(results, cfg: Config, pool: Path, run_seconds: list[float]) -> Summary:
+    """Condense a ResultGrid into the summary users read and notebooks load.
+
+    ``run_seconds``: the time of each run of the experiment, the first to this one."""
     from search.searcher import COST_METRIC
     from search.surrogate import Curve, analyse
 
@@ -280,11 +284,12 @@ def summarize(results, cfg: Config, pool: Path, wall_seconds: float) -> Summary:
         trials=trials,
         num_trials=len(pairs),
         counts=dict(sorted(Counter(t.status for t in trials).items())),
-        wall_seconds=round(wall_seconds, 1),
+        wall_seconds=round(sum(run_seconds), 1),
         experiment_path=experiment_dir(cfg),
         pool=str(pool),
         pareto=pareto,
         surrogate=surrogate,
+        run_seconds=list(run_seconds),
     )
 
 
@@ -329,6 +334,60 @@ def _write_text(fs: pafs.FileSystem, path: str, text: str) -> None:
     else:  # object stores make an object visible only once it is complete
         with fs.open_output_stream(path) as out:
             out.write(text.encode())
+
+
+class RunClock:
+    """This run's time, kept in ``runs.json`` beside the experiment after the times of the runs
+    before it, so that a resumed experiment's summary counts them all.
+
+    Written when the search starts, every ``every`` seconds while it runs (a killed run counts up
+    to its last write) and when it ends, however it ends (an error or Ctrl-C included)."""
+
+    def __init__(self, fs: pafs.FileSystem, exp: str, started: float, every: float = 10.0):
+        self._fs, self._path, self._started = fs, f"{exp}/{RUNS}", started
+        self.earlier = self._read()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, args=(every,), daemon=True)
+        self.final: list[float] | None = None
+
+    def _read(self) -> list[float]:
+        if not _exists(self._fs, self._path):
+            return []
+        try:
+            with self._fs.open_input_stream(self._path) as f:
+                runs = json.loads(f.read())
+            return [float(t) for t in runs]
+        except (ValueError, TypeError) as e:  # only a summary figure depends on it: say so, go on
+            log.warning("%s is unreadable (%s): the summary counts only this run's time", self._path, e)
+            return []
+
+    def _write(self) -> list[float]:
+        runs = [*self.earlier, round(time.time() - self._started, 1)]
+        _write_text(self._fs, self._path, json.dumps(runs))
+        return runs
+
+    def _tick(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                self._write()
+            except OSError as e:  # storage briefly unreachable: the next tick or the end writes it
+                log.warning("could not record the run's time in %s: %s", self._path, e)
+
+    def finish(self) -> list[float]:
+        """Stop the clock; the time of every run, this one last, as written to ``runs.json``."""
+        self._stop.set()
+        self._thread.join()
+        self.final = self._write()
+        return self.final
+
+    def __enter__(self) -> RunClock:
+        self._write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.final is None:
+            self.finish()
 
 
 def tpe_sampler(seed: int, num_samples: int) -> optuna.samplers.TPESampler:
@@ -480,16 +539,17 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     if not resume:
         # As given ({simplex: all} unresolved), so that --resume compares like with like.
         _write_text(fs, f"{exp}/{CONFIG}", yaml.safe_dump(started_as.model_dump(mode="json"), sort_keys=False))
-    results = tuner.fit()
-    # Tune returns normally after a Ctrl-C, with the unfinished trials RUNNING or PENDING (or not
-    # yet created): summarizing them would call them stopped early and the search done.
-    finished = results.num_terminated + results.num_errors
-    asked = max(len(results), cfg.search.num_samples if cfg.search.algorithm == "tpe" else 0)
-    if finished < asked:
-        raise Interrupted(
-            f"{shown}: interrupted with {finished} of {asked} trials finished; the experiment is "
-            "saved: run the same command with --resume to finish it"
-        )
-    summary = summarize(results, cfg, pool, time.time() - started)
-    _write_text(fs, f"{exp}/{SUMMARY}", summary.to_json())
+    with RunClock(fs, exp, started) as clock:
+        results = tuner.fit()
+        # Tune returns normally after a Ctrl-C, with the unfinished trials RUNNING or PENDING (or
+        # not yet created): summarizing them would call them stopped early and the search done.
+        finished = results.num_terminated + results.num_errors
+        asked = max(len(results), cfg.search.num_samples if cfg.search.algorithm == "tpe" else 0)
+        if finished < asked:
+            raise Interrupted(
+                f"{shown}: interrupted with {finished} of {asked} trials finished; the experiment is "
+                "saved: run the same command with --resume to finish it"
+            )
+        summary = summarize(results, cfg, pool, clock.finish())
+        _write_text(fs, f"{exp}/{SUMMARY}", summary.to_json())
     return summary

@@ -255,6 +255,8 @@ def test_a_killed_driver_resumes_and_finishes_the_experiment(tmp_path, moment):
     summary = load(exp / "summary.json")
     assert summary["num_trials"] == 4
     assert summary["counts"] == {"COMPLETED": 4}, summary["trials"]
+    # The killed run's time counts once its search had started (it recorded itself), not before.
+    assert len(summary["run_seconds"]) == (1 if moment == "preparing" else 2), summary["run_seconds"]
     # Every epoch of every trial recorded, ending at the last: trials continued from the last
     # checkpoint the driver had recorded, and no result was lost (an epoch in flight when the
     # driver died may be recorded twice: Tune delivers results at least once).
@@ -268,7 +270,7 @@ def test_a_killed_driver_resumes_and_finishes_the_experiment(tmp_path, moment):
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_an_unsummarized_experiment_that_resume_finishes(tmp_path):
+def test_ctrl_c_leaves_an_unsummarized_experiment_that_resume_finishes(tmp_path, capsys):
     path = write_config(tmp_path, KILLABLE)
     exp = tmp_path / "results" / "t"
     driver = start_driver(tmp_path, path)
@@ -280,8 +282,41 @@ def test_ctrl_c_leaves_an_unsummarized_experiment_that_resume_finishes(tmp_path)
     assert "Traceback" not in log, log[-3000:]
     # No summary: a running trial would have read as stopped early, and the search as done.
     assert not (exp / "summary.json").exists()
+    interrupted = load(exp / "runs.json")
+    assert len(interrupted) == 1 and interrupted[0] > 0, interrupted
+    began = time.time()
     assert main(["run", str(path), "--resume"]) == 0
-    assert load(exp / "summary.json")["counts"] == {"COMPLETED": 4}
+    resumed = time.time() - began
+    summary = load(exp / "summary.json")
+    assert summary["counts"] == {"COMPLETED": 4}
+    # The search's time is both runs': the interrupted one as it recorded itself, then this one.
+    assert summary["run_seconds"][0] == interrupted[0] and len(summary["run_seconds"]) == 2
+    assert 0 < summary["run_seconds"][1] <= resumed
+    assert summary["wall_seconds"] == pytest.approx(sum(summary["run_seconds"]), abs=0.1)
+    assert f"over 2 runs (--resume): {interrupted[0]:.0f}s, " in capsys.readouterr().out
+
+
+def test_the_run_clock_adds_each_run_to_those_before_it(tmp_path, caplog):
+    import pyarrow.fs as pafs
+
+    from search.driver import RunClock
+
+    fs, runs = pafs.LocalFileSystem(), tmp_path / "runs.json"
+    with RunClock(fs, str(tmp_path), started=time.time() - 30, every=0.02) as clock:
+        assert load(runs) == [30.0]  # written at the start: a run killed at once still counts
+        time.sleep(0.3)
+        assert load(runs)[0] > 30.0  # and kept up to date while it runs
+        first = clock.finish()
+    assert load(runs) == first and len(first) == 1 and first[0] >= 30.3
+    # A later run (--resume) adds its own time, and so does one that ends with an error.
+    with pytest.raises(RuntimeError), RunClock(fs, str(tmp_path), started=time.time() - 5, every=60):
+        raise RuntimeError("a search that failed")
+    assert load(runs)[0] == first[0] and load(runs)[1] == pytest.approx(5.0, abs=0.5)
+    # An unreadable record costs only the earlier runs' time, with a warning.
+    runs.write_text("[1.0, oops")
+    with RunClock(fs, str(tmp_path), started=time.time(), every=60) as clock:
+        assert clock.earlier == []
+    assert "runs.json is unreadable" in caplog.text and len(load(runs)) == 1
 
 
 @pytest.mark.slow
