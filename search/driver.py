@@ -507,6 +507,10 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     if resume:
         tuner = tune.Tuner.restore(shown, trainable=fn, resume_errored=True)
     else:
+        if cfg.search.grace_period >= cfg.training.epochs:  # legal (a quick run), but say what it means
+            log.warning("%s: grace_period %d >= training.epochs %d: ASHA stops no trial early, every "
+                        "trial trains all its epochs", key_location(source, ("search", "grace_period")),
+                        cfg.search.grace_period, cfg.training.epochs)
         scheduler = ASHAScheduler(
             time_attr="training_iteration", metric=METRIC, mode="max", max_t=cfg.training.epochs,
             grace_period=min(cfg.search.grace_period, cfg.training.epochs),

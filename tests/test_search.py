@@ -280,6 +280,9 @@ def test_ctrl_c_leaves_an_unsummarized_experiment_that_resume_finishes(tmp_path,
     log = (tmp_path / "driver.log").read_text()
     assert "trials finished; the experiment is saved: run the same command with --resume" in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
+    # KILLABLE keeps every trial to its end (grace 4 of 4 epochs), and the run says so.
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "grace_period" in text)
+    assert f"{path}, line {line}, key search.grace_period: grace_period 4 >= training.epochs 4: ASHA stops no" in log
     # No summary: a running trial would have read as stopped early, and the search as done.
     assert not (exp / "summary.json").exists()
     interrupted = load(exp / "runs.json")
