@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from analysis import plots
 from analysis.results import SUMMARY, curves, front, load_summary, progress
@@ -89,12 +90,36 @@ def _unfinished(experiment: str | Path) -> str:
             "`mixsearch run CONFIG --resume` finishes it)")
 
 
+def _asked(exp: Path) -> int | None:
+    """The trials a TPE search asked for, from the config it started with (a grid's are not counted)."""
+    try:
+        search = (yaml.safe_load((exp / "config.yaml").read_text()) or {}).get("search") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return search.get("num_samples") if search.get("algorithm", "tpe") == "tpe" else None
+
+
+def _spent(exp: Path) -> float | None:
+    """Seconds the search has run so far, every run counted (``runs.json``, kept by the driver)."""
+    try:
+        return sum(float(t) for t in json.loads((exp / "runs.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
 def progress_text(experiment: str | Path, prog: pd.DataFrame, top: int = 5) -> str:
     """A search without a summary yet (running, or interrupted), from its ``progress()``: trials
-    and epochs so far and the best trials by their last reported ``unseen_accuracy``."""
+    (of those asked) and epochs so far, the time spent, and the best trials by their last
+    reported ``unseen_accuracy``."""
+    asked, spent = _asked(Path(experiment)), _spent(Path(experiment))
     lines = [_unfinished(experiment),
-             f"{len(prog)} trials so far, {int(prog['epochs'].sum())} epochs trained; "
-             f"best by their last reported unseen_accuracy:"]
+             f"{len(prog)}{f' of {asked}' if asked else ''} trials so far, {int(prog['epochs'].sum())} epochs "
+             f"trained{f' in {_duration(spent)}' if spent else ''}; best by their last reported unseen_accuracy:"]
     knobs = plots.searched_knobs(prog)
     for _, row in prog.head(top).iterrows():
         why = f" (stopped: {row['stopped']})" if isinstance(row["stopped"], str) else ""

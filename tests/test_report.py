@@ -127,10 +127,12 @@ def test_a_running_search_is_reported_from_its_trial_logs(experiment, tmp_path, 
     assert not cv.duplicated(["trial_id", "epoch"]).any() and len(cv) == sum(map(len, epochs.values()))
     assert cv[cv["trial_id"] == trial]["unseen_accuracy"].iloc[-1] == 0.99  # the last delivery counts
 
+    (live / "runs.json").write_text("[100.0, 95.6]")  # interrupted once, running again
     assert main(["report", str(live)]) == 0
     out = capsys.readouterr().out
     trained = sum(map(len, epochs.values()))
-    assert "no summary.json yet" in out and f"{len(epochs)} trials so far, {trained} epochs trained" in out
+    assert "no summary.json yet" in out
+    assert f"{len(epochs)} of 5 trials so far, {trained} epochs trained in 3 min 16 s;" in out
     listed = [line.split(":")[0].strip() for line in out.splitlines() if line.startswith("  ")]
     assert listed == sorted(last, key=lambda t: -last[t])
     stopped = next(t["trial_id"] for t in summary["trials"] if t["status"] == "STOPPED")
