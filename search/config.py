@@ -615,6 +615,22 @@ def with_pool_domains(cfg: Config, domains: list[str], source: str = "config") -
     return cfg.model_copy(update={"search": cfg.search.model_copy(update={"space": space})})
 
 
+def _check_unique_keys(node: yaml.Node | None, source: str, path: tuple[str, ...] = ()) -> None:
+    """YAML keeps the last of a key given twice, silently; a config that does is refused."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name, line = str(key.value), key.start_mark.line + 1
+            if name in seen:
+                raise ConfigError(f"{source}, line {line}, key {'.'.join((*path, name))}: given twice "
+                                  f"(first on line {seen[name]}); keep one")
+            seen[name] = line
+            _check_unique_keys(value, source, (*path, name))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, source, (*path, str(i)))
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Read, validate and cross-check a config file (the built-in default when path is None).
 
@@ -637,6 +653,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
         mark = getattr(e, "problem_mark", None)
         at = f", line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{source}{at}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    _check_unique_keys(root, source)
     if data is None:
         data = {}
     if not isinstance(data, dict):

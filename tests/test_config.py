@@ -105,6 +105,15 @@ def test_bad_yaml_and_missing_file(tmp_path):
     assert "no such config file" in error_of(tmp_path / "nope.yaml")
 
 
+def test_a_key_given_twice_is_refused_not_silently_overwritten(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("name: x\nsearch:\n  num_samples: 4\n  seed: 1\n  num_samples: 8\n")
+    assert error_of(twice) == f"{twice}, line 5, key search.num_samples: given twice (first on line 3); keep one"
+    # The same name at different places is not a repeat.
+    fine = write_config(tmp_path, {"training": {"weight_decay": 0.1}, "search": {"space": {"weight_decay": 0.2}}})
+    assert load_config(fine).search.space.weight_decay == 0.2
+
+
 def test_cli_reports_errors_without_traceback_and_before_ray(tmp_path, capsys):
     path = write_config(tmp_path, {"search": {"space": {"bogus": 1}}})
     assert main(["run", str(path)]) == 2
