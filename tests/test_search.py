@@ -257,16 +257,22 @@ def test_a_killed_driver_resumes_and_finishes_the_experiment(tmp_path, moment):
     assert summary["counts"] == {"COMPLETED": 4}, summary["trials"]
     # The killed run's time counts once its search had started (it recorded itself), not before.
     assert len(summary["run_seconds"]) == (1 if moment == "preparing" else 2), summary["run_seconds"]
-    # Every epoch of every trial recorded, ending at the last: trials continued from the last
-    # checkpoint the driver had recorded, and no result was lost (an epoch in flight when the
-    # driver died may be recorded twice: Tune delivers results at least once).
+    # Tune's per-trial logs run on to the last epoch without a gap (an epoch in flight when the
+    # driver died may be recorded twice: Tune delivers results at least once). Tune copies them
+    # to storage in the background, so the epoch of a checkpoint saved just before the kill can
+    # be missing there (seen once: a trial's log began at epoch 2, resumed from its epoch-1
+    # checkpoint); the study is written as results arrive and holds it.
     for trial, rows in reported(exp).items():
         epochs = [e for e, _ in rows]
-        assert sorted(set(epochs)) == [1, 2, 3, 4] and epochs[-1] == 4, (trial, rows)
-    # The Optuna study holds the same four trials, none left RUNNING.
+        assert sorted(set(epochs)) == list(range(epochs[0], 5)) and epochs[-1] == 4, (trial, rows)
+    # The Optuna study holds the four trials, none left RUNNING, each with every epoch's value:
+    # trials continued from the last checkpoint the driver had recorded, and no result was lost.
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal")))
-    states = [t.state.name for t in optuna.load_study(study_name="t", storage=storage).trials]
-    assert "RUNNING" not in states and len(states) >= 4, states
+    study = optuna.load_study(study_name="t", storage=storage).trials
+    assert "RUNNING" not in [t.state.name for t in study] and len(study) >= 4, study
+    ids = {t["trial_id"] for t in summary["trials"]}
+    held = {t.user_attrs["tune_trial_id"]: sorted(t.intermediate_values) for t in study}
+    assert all(held[i] == [1, 2, 3, 4] for i in ids), held
 
 
 @pytest.mark.slow
