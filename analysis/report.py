@@ -102,8 +102,8 @@ def _asked(exp: Path) -> int | None:
 def _spent(exp: Path) -> float | None:
     """Seconds the search has run so far, every run counted (``runs.json``, kept by the driver)."""
     try:
-        return sum(float(t) for t in json.loads((exp / "runs.json").read_text()))
-    except (OSError, ValueError, TypeError):
+        return sum(float(t) for t in json.loads((exp / "runs.json").read_text())["runs"])
+    except (OSError, ValueError, TypeError, KeyError):
         return None
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 METRIC = "unseen_accuracy"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"  # the config an experiment started with, saved beside it
-RUNS = "runs.json"  # seconds of each run of the experiment: the first, then each --resume
+RUNS = "runs.json"  # seconds of each run (the first, then each --resume) and the driver running it
+STALE_SECONDS = 30.0  # a driver that has not updated runs.json for this long is gone (it does every 10 s)
 # What a resume may change: where the experiment and the cluster are. Tune resumes everything else
 # as it started, so a change there would be silently ignored.
 RESUMABLE = ("name", "storage_path", "ray.", "search.start_from")
@@ -336,34 +338,69 @@ def _write_text(fs: pafs.FileSystem, path: str, text: str) -> None:
             out.write(text.encode())
 
 
+def _read_runs(fs: pafs.FileSystem, path: str) -> tuple[list[float], dict | None]:
+    """(the seconds of each earlier run, the driver running the experiment now or None) of a
+    ``runs.json``; ([], None) where there is none or it is unreadable (with a warning)."""
+    if not _exists(fs, path):
+        return [], None
+    try:
+        with fs.open_input_stream(path) as f:
+            state = json.loads(f.read())
+        return [float(t) for t in state["runs"]], state.get("driver")
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # only figures depend on it: go on
+        log.warning("%s is unreadable (%s): the summary counts only this run's time", path, e)
+        return [], None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def check_not_running(fs: pafs.FileSystem, exp: str, shown: str) -> None:
+    """Refuse to resume an experiment that a driver is still running: two drivers on one
+    experiment would both run its trials and overwrite each other's state. A running driver
+    updates ``runs.json`` every 10 s; one killed on this machine is known dead by its pid, one
+    elsewhere once it has been silent for ``STALE_SECONDS``."""
+    _, driver = _read_runs(fs, f"{exp}/{RUNS}")
+    if not driver:
+        return
+    age = time.time() - float(driver.get("at", 0))
+    here = driver.get("host") == socket.gethostname()
+    if age < STALE_SECONDS and (not here or (driver.get("pid") != os.getpid() and _alive(int(driver["pid"])))):
+        where = f"process {driver.get('pid')} on {driver.get('host')}"
+        raise ConfigError(
+            f"{shown}: a driver is still running this experiment ({where}, last seen {age:.0f} s ago); "
+            "let it finish or stop it (Ctrl-C) before --resume"
+            + ("" if here else f", or if it is gone, retry in {STALE_SECONDS - age:.0f} s")
+        )
+
+
 class RunClock:
     """This run's time, kept in ``runs.json`` beside the experiment after the times of the runs
-    before it, so that a resumed experiment's summary counts them all.
+    before it, so that a resumed experiment's summary counts them all, with this driver's host and
+    pid while it runs (``check_not_running``).
 
     Written when the search starts, every ``every`` seconds while it runs (a killed run counts up
     to its last write) and when it ends, however it ends (an error or Ctrl-C included)."""
 
     def __init__(self, fs: pafs.FileSystem, exp: str, started: float, every: float = 10.0):
         self._fs, self._path, self._started = fs, f"{exp}/{RUNS}", started
-        self.earlier = self._read()
+        self.earlier, _ = _read_runs(fs, self._path)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._tick, args=(every,), daemon=True)
         self.final: list[float] | None = None
 
-    def _read(self) -> list[float]:
-        if not _exists(self._fs, self._path):
-            return []
-        try:
-            with self._fs.open_input_stream(self._path) as f:
-                runs = json.loads(f.read())
-            return [float(t) for t in runs]
-        except (ValueError, TypeError) as e:  # only a summary figure depends on it: say so, go on
-            log.warning("%s is unreadable (%s): the summary counts only this run's time", self._path, e)
-            return []
-
-    def _write(self) -> list[float]:
-        runs = [*self.earlier, round(time.time() - self._started, 1)]
-        _write_text(self._fs, self._path, json.dumps(runs))
+    def _write(self, running: bool = True) -> list[float]:
+        now = time.time()
+        runs = [*self.earlier, round(now - self._started, 1)]
+        driver = {"host": socket.gethostname(), "pid": os.getpid(), "at": now} if running else None
+        _write_text(self._fs, self._path, json.dumps({"runs": runs, "driver": driver}))
         return runs
 
     def _tick(self, every: float) -> None:
@@ -377,7 +414,7 @@ class RunClock:
         """Stop the clock; the time of every run, this one last, as written to ``runs.json``."""
         self._stop.set()
         self._thread.join()
-        self.final = self._write()
+        self.final = self._write(running=False)
         return self.final
 
     def __enter__(self) -> RunClock:
@@ -476,6 +513,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
         log.info("nothing to resume at %s: starting the experiment", shown)
         resume = False
     if resume:
+        check_not_running(fs, exp, shown)
         check_resumed_config(cfg, source)
 
     if cfg.search.study_storage:

@@ -127,7 +127,7 @@ def test_a_running_search_is_reported_from_its_trial_logs(experiment, tmp_path, 
     assert not cv.duplicated(["trial_id", "epoch"]).any() and len(cv) == sum(map(len, epochs.values()))
     assert cv[cv["trial_id"] == trial]["unseen_accuracy"].iloc[-1] == 0.99  # the last delivery counts
 
-    (live / "runs.json").write_text("[100.0, 95.6]")  # interrupted once, running again
+    (live / "runs.json").write_text('{"runs": [100.0, 95.6]}')  # interrupted once, running again
     assert main(["report", str(live)]) == 0
     out = capsys.readouterr().out
     trained = sum(map(len, epochs.values()))

@@ -291,8 +291,9 @@ def test_ctrl_c_leaves_an_unsummarized_experiment_that_resume_finishes(tmp_path,
     assert f"{path}, line {line}, key search.grace_period: grace_period 4 >= training.epochs 4: ASHA stops no" in log
     # No summary: a running trial would have read as stopped early, and the search as done.
     assert not (exp / "summary.json").exists()
-    interrupted = load(exp / "runs.json")
-    assert len(interrupted) == 1 and interrupted[0] > 0, interrupted
+    record = load(exp / "runs.json")
+    interrupted = record["runs"]
+    assert len(interrupted) == 1 and interrupted[0] > 0 and record["driver"] is None, record  # it ended
     began = time.time()
     assert main(["run", str(path), "--resume"]) == 0
     resumed = time.time() - began
@@ -310,22 +311,64 @@ def test_the_run_clock_adds_each_run_to_those_before_it(tmp_path, caplog):
 
     from search.driver import RunClock
 
-    fs, runs = pafs.LocalFileSystem(), tmp_path / "runs.json"
+    fs, path = pafs.LocalFileSystem(), tmp_path / "runs.json"
+
+    def runs():
+        return load(path)["runs"]
+
     with RunClock(fs, str(tmp_path), started=time.time() - 30, every=0.02) as clock:
-        assert load(runs) == [30.0]  # written at the start: a run killed at once still counts
+        assert runs() == [30.0]  # written at the start: a run killed at once still counts
+        assert load(path)["driver"]["pid"] == os.getpid()  # and who is running it
         time.sleep(0.3)
-        assert load(runs)[0] > 30.0  # and kept up to date while it runs
+        assert runs()[0] > 30.0  # kept up to date while it runs
         first = clock.finish()
-    assert load(runs) == first and len(first) == 1 and first[0] >= 30.3
+    assert runs() == first and len(first) == 1 and first[0] >= 30.3 and load(path)["driver"] is None
     # A later run (--resume) adds its own time, and so does one that ends with an error.
     with pytest.raises(RuntimeError), RunClock(fs, str(tmp_path), started=time.time() - 5, every=60):
         raise RuntimeError("a search that failed")
-    assert load(runs)[0] == first[0] and load(runs)[1] == pytest.approx(5.0, abs=0.5)
+    assert runs()[0] == first[0] and runs()[1] == pytest.approx(5.0, abs=0.5)
     # An unreadable record costs only the earlier runs' time, with a warning.
-    runs.write_text("[1.0, oops")
+    path.write_text('{"runs": [1.0, oops')
     with RunClock(fs, str(tmp_path), started=time.time(), every=60) as clock:
         assert clock.earlier == []
-    assert "runs.json is unreadable" in caplog.text and len(load(runs)) == 1
+    assert "runs.json is unreadable" in caplog.text and len(runs()) == 1
+
+
+def test_resume_is_refused_while_a_driver_still_runs_the_experiment(tmp_path, capsys):
+    import socket
+
+    import pyarrow.fs as pafs
+
+    from search.driver import check_not_running
+
+    path = write_config(tmp_path, KILLABLE)
+    exp = tmp_path / "results" / "t"
+    exp.mkdir(parents=True)
+    (exp / "tuner.pkl").write_bytes(b"")  # an experiment Tune has written (never read: refused first)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    def driver(host, pid, ago):
+        (exp / "runs.json").write_text(json.dumps({"runs": [12.0], "driver": {"host": host, "pid": pid, "at": time.time() - ago}}))
+
+    try:
+        driver(socket.gethostname(), other.pid, ago=3)  # alive on this machine
+        assert main(["run", str(path), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert f"a driver is still running this experiment (process {other.pid} on {socket.gethostname()}" in err, err
+        assert "retry in" not in err and not ray.is_initialized()  # refused before Ray
+        driver("elsewhere", 1, ago=5)  # another machine, heard from 5 s ago
+        assert main(["run", str(path), "--resume"]) == 2
+        assert "on elsewhere, last seen 5 s ago); let it finish or stop it (Ctrl-C) before --resume, or if it is " \
+            "gone, retry in 25 s" in capsys.readouterr().err
+    finally:
+        other.kill()
+        other.wait()
+    fs = pafs.LocalFileSystem()
+    for host, pid, ago in [(socket.gethostname(), other.pid, 3), ("elsewhere", 1, 40)]:
+        driver(host, pid, ago)  # dead on this machine; silent too long elsewhere: gone
+        check_not_running(fs, str(exp), "t")
+    (exp / "runs.json").write_text(json.dumps({"runs": [12.0], "driver": None}))  # it ended
+    check_not_running(fs, str(exp), "t")
 
 
 @pytest.mark.slow
