@@ -86,8 +86,18 @@ def summary_text(summary: dict) -> str:
 
 
 def _unfinished(experiment: str | Path) -> str:
-    return (f"{experiment}: no {SUMMARY} yet (the search is running, or was interrupted: "
-            "`mixsearch run CONFIG --resume` finishes it)")
+    """Why there is no summary yet: the driver's record (``runs.json``) says whether it still runs."""
+    import pyarrow.fs as pafs
+
+    from search.driver import RUNS, driver_text, live_driver, read_runs
+
+    runs, driver = read_runs(pafs.LocalFileSystem(), str(Path(experiment).absolute() / RUNS))
+    if live_driver(driver):
+        return f"{experiment}: no {SUMMARY} yet: the search is running ({driver_text(driver)})"
+    resume = "`mixsearch run CONFIG --resume` finishes it"
+    if runs:
+        return f"{experiment}: no {SUMMARY} yet: the search was interrupted (or its driver died); {resume}"
+    return f"{experiment}: no {SUMMARY} yet (the search is running, or was interrupted: {resume})"
 
 
 def _asked(exp: Path) -> int | None:

@@ -338,7 +338,7 @@ def _write_text(fs: pafs.FileSystem, path: str, text: str) -> None:
             out.write(text.encode())
 
 
-def _read_runs(fs: pafs.FileSystem, path: str) -> tuple[list[float], dict | None]:
+def read_runs(fs: pafs.FileSystem, path: str) -> tuple[list[float], dict | None]:
     """(the seconds of each earlier run, the driver running the experiment now or None) of a
     ``runs.json``; ([], None) where there is none or it is unreadable (with a warning)."""
     if not _exists(fs, path):
@@ -362,22 +362,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def live_driver(driver: dict | None) -> bool:
+    """Whether the driver a ``runs.json`` names still runs its experiment. A running driver updates
+    the file every 10 s; one on this machine is known dead by its pid, one elsewhere once it has
+    been silent for ``STALE_SECONDS``."""
+    if not driver or time.time() - float(driver.get("at", 0)) >= STALE_SECONDS:
+        return False
+    if driver.get("host") != socket.gethostname():
+        return True
+    return driver.get("pid") != os.getpid() and _alive(int(driver["pid"]))
+
+
+def driver_text(driver: dict) -> str:
+    """``process 123 on host, last seen 4 s ago``."""
+    return f"process {driver.get('pid')} on {driver.get('host')}, last seen {time.time() - float(driver['at']):.0f} s ago"
+
+
 def check_not_running(fs: pafs.FileSystem, exp: str, shown: str) -> None:
-    """Refuse to resume an experiment that a driver is still running: two drivers on one
-    experiment would both run its trials and overwrite each other's state. A running driver
-    updates ``runs.json`` every 10 s; one killed on this machine is known dead by its pid, one
-    elsewhere once it has been silent for ``STALE_SECONDS``."""
-    _, driver = _read_runs(fs, f"{exp}/{RUNS}")
-    if not driver:
-        return
-    age = time.time() - float(driver.get("at", 0))
-    here = driver.get("host") == socket.gethostname()
-    if age < STALE_SECONDS and (not here or (driver.get("pid") != os.getpid() and _alive(int(driver["pid"])))):
-        where = f"process {driver.get('pid')} on {driver.get('host')}"
+    """Refuse to resume an experiment that a driver is still running (``live_driver``): two
+    drivers on one experiment would both run its trials and overwrite each other's state."""
+    _, driver = read_runs(fs, f"{exp}/{RUNS}")
+    if live_driver(driver):
+        elsewhere = driver.get("host") != socket.gethostname()
+        wait = STALE_SECONDS - (time.time() - float(driver["at"]))
         raise ConfigError(
-            f"{shown}: a driver is still running this experiment ({where}, last seen {age:.0f} s ago); "
-            "let it finish or stop it (Ctrl-C) before --resume"
-            + ("" if here else f", or if it is gone, retry in {STALE_SECONDS - age:.0f} s")
+            f"{shown}: a driver is still running this experiment ({driver_text(driver)}); let it "
+            "finish or stop it (Ctrl-C) before --resume" + (f", or if it is gone, retry in {wait:.0f} s" if elsewhere else "")
         )
 
 
@@ -391,7 +401,7 @@ class RunClock:
 
     def __init__(self, fs: pafs.FileSystem, exp: str, started: float, every: float = 10.0):
         self._fs, self._path, self._started = fs, f"{exp}/{RUNS}", started
-        self.earlier, _ = _read_runs(fs, self._path)
+        self.earlier, _ = read_runs(fs, self._path)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._tick, args=(every,), daemon=True)
         self.final: list[float] | None = None

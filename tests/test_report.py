@@ -5,6 +5,10 @@ import contextlib
 import io
 import json
 import shutil
+import socket
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
@@ -127,11 +131,18 @@ def test_a_running_search_is_reported_from_its_trial_logs(experiment, tmp_path, 
     assert not cv.duplicated(["trial_id", "epoch"]).any() and len(cv) == sum(map(len, epochs.values()))
     assert cv[cv["trial_id"] == trial]["unseen_accuracy"].iloc[-1] == 0.99  # the last delivery counts
 
-    (live / "runs.json").write_text('{"runs": [100.0, 95.6]}')  # interrupted once, running again
-    assert main(["report", str(live)]) == 0
+    # Interrupted once, running again: its driver (a live process here) keeps runs.json.
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    record = {"runs": [100.0, 95.6], "driver": {"host": socket.gethostname(), "pid": driver.pid, "at": time.time()}}
+    (live / "runs.json").write_text(json.dumps(record))
+    try:
+        assert main(["report", str(live)]) == 0
+    finally:
+        driver.kill()
+        driver.wait()
     out = capsys.readouterr().out
     trained = sum(map(len, epochs.values()))
-    assert "no summary.json yet" in out
+    assert f"no summary.json yet: the search is running (process {driver.pid} on {socket.gethostname()}, " in out
     assert f"{len(epochs)} of 5 trials so far, {trained} epochs trained in 3 min 16 s;" in out
     listed = [line.split(":")[0].strip() for line in out.splitlines() if line.startswith("  ")]
     assert listed == sorted(last, key=lambda t: -last[t])
@@ -139,12 +150,19 @@ def test_a_running_search_is_reported_from_its_trial_logs(experiment, tmp_path, 
     assert [line for line in out.splitlines() if "(stopped: nan_loss)" in line][0].startswith(f"  {stopped}:")
     assert sorted(p.name for p in (live / "report").iterdir()) == ["curves.png", "knobs.png"]
 
-    # Just started: trial folders, nothing reported.
+    # Its driver has died (the pid in runs.json is gone): interrupted.
+    assert main(["report", str(live)]) == 0
+    assert "no summary.json yet: the search was interrupted (or its driver died); `mixsearch run CONFIG " \
+        "--resume` finishes it" in capsys.readouterr().out
+
+    # Just started: trial folders, nothing reported (and, from an older mixsearch, no runs.json).
     for log in live.glob("trial_*/result.json"):
         log.write_text("")
+    (live / "runs.json").unlink()
     assert main(["report", str(live)]) == 0
     out = capsys.readouterr().out
-    assert "no summary.json yet" in out and "5 trials started, none has reported an epoch yet" in out
+    assert "no summary.json yet (the search is running, or was interrupted" in out
+    assert "5 trials started, none has reported an epoch yet" in out
 
 
 def test_a_summary_without_its_trial_folders_is_still_reported(experiment, tmp_path, capsys):
