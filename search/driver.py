@@ -346,7 +346,8 @@ def read_runs(fs: pafs.FileSystem, path: str) -> tuple[list[float], dict | None]
     try:
         with fs.open_input_stream(path) as f:
             state = json.loads(f.read())
-        return [float(t) for t in state["runs"]], state.get("driver")
+        driver = state.get("driver")
+        return [float(t) for t in state["runs"]], driver if isinstance(driver, dict) and "at" in driver else None
     except (ValueError, TypeError, KeyError, AttributeError) as e:  # only figures depend on it: go on
         log.warning("%s is unreadable (%s): the summary counts only this run's time", path, e)
         return [], None
