@@ -491,6 +491,10 @@ def previous_proposals(cfg: Config) -> list[dict[str, Any]]:
         with fs.open_input_stream(inner) as f:
             summary = json.loads(f.read())
     except (FileNotFoundError, OSError) as e:
+        folder = inner.rsplit("/", 1)[0]
+        if not where.endswith(".json") and _exists(fs, f"{folder}/tuner.pkl"):  # an experiment, unfinished
+            raise ConfigError(f"search.start_from: {where} has no {SUMMARY} yet (it is running, or was "
+                              "interrupted: finish it with --resume), so no proposals to start from") from None
         raise ConfigError(f"search.start_from: cannot read {path}: {e}") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"search.start_from: {path}, line {e.lineno}: not valid JSON: {e.msg}") from None

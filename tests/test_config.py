@@ -213,6 +213,11 @@ def test_start_from_needs_tpe_and_an_experiment_with_proposals(tmp_path, capsys)
     path = write_config(tmp_path, {"search": {"start_from": str(tmp_path / "nowhere")}})
     assert main(["run", str(path)]) == 2
     assert "start_from: cannot read" in capsys.readouterr().err
+    (tmp_path / "running").mkdir()
+    (tmp_path / "running" / "tuner.pkl").write_bytes(b"")  # an experiment not finished yet
+    assert main(["run", str(path), "--start-from", str(tmp_path / "running")]) == 2
+    assert "running has no summary.json yet (it is running, or was interrupted: finish it with --resume)" \
+        in capsys.readouterr().err
     (tmp_path / "prev").mkdir()
     (tmp_path / "prev" / "summary.json").write_text('{"surrogate": {"error": "needs at least 4 trials"}}')
     assert main(["run", str(path), "--start-from", str(tmp_path / "prev")]) == 2
