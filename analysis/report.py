@@ -85,13 +85,19 @@ def summary_text(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _unfinished(experiment: str | Path) -> str:
-    """Why there is no summary yet: the driver's record (``runs.json``) says whether it still runs."""
+def _run_record(experiment: str | Path) -> tuple[list[float], dict | None]:
+    """The driver's ``runs.json``: (the seconds of each run so far, the driver running it or None)."""
     import pyarrow.fs as pafs
 
-    from search.driver import RUNS, driver_text, live_driver, read_runs
+    from search.driver import RUNS, read_runs
 
-    runs, driver = read_runs(pafs.LocalFileSystem(), str(Path(experiment).absolute() / RUNS))
+    return read_runs(pafs.LocalFileSystem(), str(Path(experiment).absolute() / RUNS))
+
+
+def _unfinished(experiment: str | Path, runs: list[float], driver: dict | None) -> str:
+    """Why there is no summary yet: the driver's record (``_run_record``) says whether it still runs."""
+    from search.driver import driver_text, live_driver
+
     if live_driver(driver):
         return f"{experiment}: no {SUMMARY} yet: the search is running ({driver_text(driver)})"
     resume = "`mixsearch run CONFIG --resume` finishes it"
@@ -109,14 +115,6 @@ def _asked(exp: Path) -> int | None:
     return search.get("num_samples") if search.get("algorithm", "tpe") == "tpe" else None
 
 
-def _spent(exp: Path) -> float | None:
-    """Seconds the search has run so far, every run counted (``runs.json``, kept by the driver)."""
-    try:
-        return sum(float(t) for t in json.loads((exp / "runs.json").read_text())["runs"])
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-
-
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
@@ -126,8 +124,9 @@ def progress_text(experiment: str | Path, prog: pd.DataFrame, top: int = 5) -> s
     """A search without a summary yet (running, or interrupted), from its ``progress()``: trials
     (of those asked) and epochs so far, the time spent, and the best trials by their last
     reported ``unseen_accuracy``."""
-    asked, spent = _asked(Path(experiment)), _spent(Path(experiment))
-    lines = [_unfinished(experiment),
+    runs, driver = _run_record(experiment)
+    asked, spent = _asked(Path(experiment)), sum(runs)
+    lines = [_unfinished(experiment, runs, driver),
              f"{len(prog)}{f' of {asked}' if asked else ''} trials so far, {int(prog['epochs'].sum())} epochs "
              f"trained{f' in {_duration(spent)}' if spent else ''}; best by their last reported unseen_accuracy:"]
     knobs = plots.searched_knobs(prog)
@@ -155,7 +154,7 @@ def report(experiment: str | Path, out: str | Path | None = None) -> tuple[str, 
     prog = progress(exp)
     if not finished and prog.empty:
         started = len(list(exp.glob("trial_*")))
-        return f"{_unfinished(experiment)}\n{started} trials started, none has reported an epoch yet", []
+        return f"{_unfinished(experiment, *_run_record(experiment))}\n{started} trials started, none has reported an epoch yet", []
     try:
         summary = load_summary(exp) if finished else None
         text = summary_text(summary) if finished else progress_text(experiment, prog)

@@ -405,7 +405,6 @@ class RunClock:
         self.earlier, _ = read_runs(fs, self._path)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._tick, args=(every,), daemon=True)
-        self.final: list[float] | None = None
 
     def _write(self, running: bool = True) -> list[float]:
         now = time.time()
@@ -425,8 +424,7 @@ class RunClock:
         """Stop the clock; the time of every run, this one last, as written to ``runs.json``."""
         self._stop.set()
         self._thread.join()
-        self.final = self._write(running=False)
-        return self.final
+        return self._write(running=False)
 
     def __enter__(self) -> RunClock:
         self._write()
@@ -434,7 +432,7 @@ class RunClock:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.final is None:
+        if not self._stop.is_set():  # ended before finish(): an error or Ctrl-C
             self.finish()
 
 
