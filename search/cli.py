@@ -90,7 +90,7 @@ def _main(argv: list[str] | None) -> int:
             from search.driver import check_inputs, init_ray
             from search.pool import Manifest, prepare
 
-            check_inputs(cfg, args.config or str(DEFAULT_CONFIG))  # missing files, a hub model: before Ray
+            check_inputs(cfg, args.config or str(DEFAULT_CONFIG), run=False)  # before Ray
             init_ray(cfg)
             pool = prepare(cfg, force=args.force)
             m = Manifest.load(pool)

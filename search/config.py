@@ -7,12 +7,13 @@ typo is caught on the laptop, not twenty minutes into a cluster run.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError,
+                      field_validator, model_validator)
 
 from search import corpus
 
@@ -453,7 +454,7 @@ def is_uri(path: str) -> bool:
 
 
 class Config(_Strict):
-    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = "default"
     storage_path: str = "./mixsearch_results"
     seed: int = 0
     corpus: CorpusConfig = CorpusConfig()
@@ -462,6 +463,19 @@ class Config(_Strict):
     resources_per_trial: Resources = Resources()
     search: SearchConfig = SearchConfig()
     ray: RayConfig = RayConfig()
+    # Keys set on the command line ("storage_path" -> "--storage-path x"), so that a check made
+    # after loading blames the flag, not the file's line (see setting_location).
+    _cli: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _a_folder_name(cls, name: str) -> str:
+        # The experiment's folder, <storage_path>/<name>: "." or ".." would write into
+        # storage_path itself or its parent, past the check that refuses an existing experiment.
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+            raise ValueError(f"{name!r} is not a folder name: letters, digits, '_', '.' and '-', "
+                             "starting with a letter, digit or '_'")
+        return name
 
     @model_validator(mode="after")
     def _grid_is_discrete(self) -> "Config":
@@ -506,25 +520,33 @@ def _line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
     return line
 
 
-def _where(source: str, root: yaml.Node | None, loc: tuple[Any, ...]) -> str:
+def _where(source: str, root: yaml.Node | None, loc: tuple[Any, ...], cli: dict[str, str] | None = None) -> str:
     # pydantic reports union branches as extra path items ("Simplex", "float",
     # "function-after[_order(), Range]"); drop them.
     tags = ("float", "int", "str", "bool")
     path = tuple(p for p in loc if isinstance(p, int)
                  or not (str(p)[:1].isupper() or "[" in str(p) or "(" in str(p) or p in tags))
+    key = ".".join(str(p) for p in path) or "(top level)"
+    if cli and key in cli:  # the file's line would point at a value the run does not use
+        return f"command line {cli[key]}, key {key}"
     line = _line_of(root, path)
     at = f"{source}, line {line}" if line else source
-    key = ".".join(str(p) for p in path) or "(top level)"
     return f"{at}, key {key}"
 
 
-def key_location(source: str, key: tuple[str, ...]) -> str:
-    """``file, line N, key a.b`` of a key of a config file, for checks made after it loaded."""
+def key_location(source: str, key: tuple[str, ...], cli: dict[str, str] | None = None) -> str:
+    """``file, line N, key a.b`` of a key of a config file, for checks made after it loaded
+    (``command line --flag value, key a.b`` when ``cli`` says a flag set it)."""
     try:
         root = yaml.compose(Path(source).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         root = None
-    return _where(source, root, key)
+    return _where(source, root, key, cli)
+
+
+def setting_location(cfg: Config, source: str, key: tuple[str, ...]) -> str:
+    """Where a setting of ``cfg`` came from: its command-line flag, or its file, line and key."""
+    return key_location(source, key, cfg._cli)
 
 
 _FORMS = {
@@ -533,10 +555,10 @@ _FORMS = {
 }
 
 
-def _format(err: ValidationError, source: str, root: yaml.Node | None) -> str:
+def _format(err: ValidationError, source: str, root: yaml.Node | None, cli: dict[str, str]) -> str:
     seen, lines = set(), []
     for e in err.errors():
-        where = _where(source, root, e["loc"])
+        where = _where(source, root, e["loc"], cli)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -634,8 +656,8 @@ def _check_unique_keys(node: yaml.Node | None, source: str, path: tuple[str, ...
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Read, validate and cross-check a config file (the built-in default when path is None).
 
-    ``overrides`` are values set from the command line, by dotted key (``search.num_samples``);
-    None leaves the file's value.
+    ``overrides`` are values set from the command line, by dotted key (``search.num_samples``, set
+    by ``--num-samples``: the flag is the key's last part); None leaves the file's value.
     Raises :class:`ConfigError` naming the file, line and key of the first problems found.
     """
     path = Path(path) if path is not None else DEFAULT_CONFIG
@@ -658,6 +680,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}, line 1: the config must be a mapping of keys, got {type(data).__name__}")
+    cli = {}
     for dotted, value in (overrides or {}).items():
         if value is not None:
             *parents, leaf = dotted.split(".")
@@ -665,10 +688,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
             for key in parents:
                 node = node.setdefault(key, {}) if isinstance(node.get(key, {}), dict) else {}
             node[leaf] = value
+            cli[dotted] = f"--{leaf.replace('_', '-')} {value}"
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format(e, source, root)) from None
+        raise ConfigError(_format(e, source, root, cli)) from None
+    cfg._cli = cli
     expected = expected_pool_rules(cfg)
     if expected is not None:  # the built-in corpus: its domains are known before it is prepared
         cfg = with_pool_domains(cfg, list(expected), source)

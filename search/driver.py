@@ -25,8 +25,8 @@ import pyarrow.fs as pafs
 import yaml
 
 from search.config import (
-    Config, ConfigError, check_space_against_pool, is_uri, key_location, storage_root, trial_setup,
-    with_pool_domains,
+    Config, ConfigError, check_space_against_pool, is_uri, key_location, resolve, setting_location, storage_root,
+    trial_setup, with_pool_domains,
 )
 
 log = logging.getLogger(__name__)
@@ -139,13 +139,37 @@ def check_model_source(cfg: Config, source: str) -> None:
     )
 
 
-def check_inputs(cfg: Config, source: str) -> None:
+def _unwritable(folder: Path) -> str | None:
+    """Why ``folder`` could not be made or written to (None: it could), without making it."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):  # also false on a read-only disk
+        return f"{existing} is not writable here"
+    return None
+
+
+def check_folders(cfg: Config, source: str, folders: dict[tuple[str, ...], str]) -> None:
+    """Refuse local folders (config key -> path) that cannot be written to: found later, such a
+    folder fails the run after Ray started and the pool was prepared, with a traceback."""
+    for key, path in folders.items():
+        why = None if is_uri(path) else _unwritable(resolve(path))
+        if why:
+            raise ConfigError(f"{setting_location(cfg, source, key)}: cannot write to {resolve(path)} ({why})")
+
+
+def check_inputs(cfg: Config, source: str, *, run: bool = True) -> None:
     """What can be checked before Ray starts, beyond the config itself: a files corpus's files
-    (its pool is named by their sizes and times) and a hub model."""
+    (its pool is named by their sizes and times), a hub model, and the folders written to (the
+    pool's and, for a run, the experiments')."""
     from search.pool import pool_path
 
     pool_path(cfg)
     check_model_source(cfg, source)
+    folders = {("storage_path",): cfg.storage_path} if run else {}
+    check_folders(cfg, source, {**folders, ("corpus", "pool_dir"): cfg.corpus.pool_dir})
 
 
 def check_rows_fit(cfg: Config, pool: Path, source: str) -> None:
@@ -535,7 +559,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
         expand_secrets(cfg.search.study_storage)  # a missing variable fails here, before Ray starts
     if cfg.search.start_from and not resume:
         previous_proposals(cfg)  # a missing or empty previous experiment fails here, before Ray starts
-    check_inputs(cfg, source)  # so do a files corpus's missing files and an unloadable hub model
+    check_inputs(cfg, source)  # so do a files corpus's missing files, an unloadable hub model, unwritable folders
     started = time.time()
     # torch and transformers take seconds to import and the driver needs them only to hand Tune
     # the trainable: import them while the local cluster starts (about 1.7 s less per search).

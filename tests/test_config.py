@@ -123,6 +123,54 @@ def test_cli_reports_errors_without_traceback_and_before_ray(tmp_path, capsys):
     assert not (tmp_path / "results").exists() and not (tmp_path / "pools").exists()
 
 
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "", ".hidden"])
+def test_an_experiment_name_is_a_folder_of_its_own(tmp_path, capsys, name):
+    # ".." would put the experiment in storage_path's parent, "." in storage_path itself.
+    path = write_config(tmp_path)
+    assert main(["run", str(path), "--name", name]) == 2
+    err = capsys.readouterr().err
+    assert f"command line --name {name}, key name: {name!r} is not a folder name" in err, err
+    assert not ray.is_initialized() and not (tmp_path / "results").exists()
+    # The same in the file is blamed on its line.
+    path = write_config(tmp_path, {"name": name})
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.startswith("name:"))
+    assert f"{path}, line {line}, key name: {name!r} is not a folder name" in error_of(path)
+    assert load_config(write_config(tmp_path, {"name": "run-2.b_3"})).name == "run-2.b_3"
+
+
+def test_a_value_from_the_command_line_is_blamed_on_its_flag_not_the_file(tmp_path, capsys):
+    path = write_config(tmp_path, {"search": {"num_samples": 4}})
+    assert main(["run", str(path), "--num-samples", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "command line --num-samples 0, key search.num_samples: Input should be greater than or equal to 1" in err
+    assert str(path) not in err and not ray.is_initialized()
+
+
+@pytest.mark.parametrize("verb", ["prepare", "run"])
+def test_a_folder_that_cannot_be_written_is_one_line_before_ray(tmp_path, capsys, verb):
+    (tmp_path / "afile").write_text("")
+    path = write_config(tmp_path, {"corpus": {"pool_dir": str(tmp_path / "afile" / "pools")}})
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "pool_dir" in text)
+    assert main([verb, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {path}, line {line}, key corpus.pool_dir: cannot write to "
+                   f"{tmp_path / 'afile' / 'pools'} ({tmp_path / 'afile'} is a file, not a folder)\n")
+    assert not ray.is_initialized() and not (tmp_path / "results").exists()
+
+
+def test_a_storage_path_that_cannot_be_written_is_one_line_before_ray(tmp_path, capsys):
+    (tmp_path / "afile").write_text("kept")
+    path = write_config(tmp_path)
+    assert main(["run", str(path), "--storage-path", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: command line --storage-path {tmp_path / 'afile'}, key storage_path: cannot write "
+                   f"to {tmp_path / 'afile'} ({tmp_path / 'afile'} is a file, not a folder)\n")
+    assert (tmp_path / "afile").read_text() == "kept" and not (tmp_path / "pools").exists()
+    assert main(["run", str(write_config(tmp_path, {"storage_path": str(tmp_path / "afile" / "x")}))]) == 2
+    assert "key storage_path: cannot write to" in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
 @pytest.mark.parametrize("verb", ["prepare", "run"])
 @pytest.mark.parametrize("missing", ["paths", "tasks_file"])
 def test_a_missing_corpus_file_is_one_line_before_ray(tmp_path, capsys, verb, missing):
