@@ -52,6 +52,9 @@ CHUNK_BYTES = 4 << 20
 BUCKET_BYTES = 4 << 20
 TOKENIZE_ROWS = 20_000
 FAULTS_LOGGED = 5
+# A UTF-8 byte-order mark, which Excel's "CSV UTF-8" and Windows editors put first in a file:
+# read as text it would rename a CSV's first column and spoil a JSONL file's first line.
+BOM = b"\xef\xbb\xbf"
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
 STAGE_SCHEMA = pa.schema([
@@ -189,6 +192,8 @@ def _records(chunk: dict):
         with open(path, "rb") as f:
             f.seek(chunk["start"])
             data = f.read(chunk["end"] - chunk["start"])
+        if chunk["start"] == 0:
+            data = data.removeprefix(BOM)
         for i, raw in enumerate(data.split(b"\n")):
             if not raw.strip():
                 continue
@@ -200,7 +205,7 @@ def _records(chunk: dict):
                 yield chunk["line"] + i, "malformed_json"
     elif fmt == "csv":
         with open(path, "rb") as f:
-            text = f.read().decode("utf-8", errors="surrogateescape")
+            text = f.read().decode("utf-8-sig", errors="surrogateescape")
         reader = csv.DictReader(io.StringIO(text, newline=""))
         for record in reader:
             line = reader.line_num
@@ -213,7 +218,7 @@ def _records(chunk: dict):
     elif fmt == "json":
         try:
             with open(path, "rb") as f:
-                items = json.loads(f.read().decode("utf-8"))
+                items = json.loads(f.read().decode("utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise IngestError(f"{path}: not a JSON array: {e}") from None
         if not isinstance(items, list):
@@ -345,7 +350,7 @@ def unseen_tasks(cfg: FilesConfig, tasks: list[dict]) -> set[str]:
             wanted, where = list(rule.tasks), "corpus.files.unseen.tasks"
         else:
             try:
-                text = Path(os.path.expanduser(rule.tasks_file)).read_text(encoding="utf-8")
+                text = Path(os.path.expanduser(rule.tasks_file)).read_text(encoding="utf-8-sig")
             except (OSError, UnicodeDecodeError) as e:
                 raise IngestError(f"{rule.tasks_file}: cannot read the unseen task list: {e}") from None
             wanted = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]

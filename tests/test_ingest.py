@@ -201,6 +201,34 @@ def test_unseen_by_domain_and_by_task_file(ray_cluster, tmp_path):
     assert m.unseen_tasks == ["task1", "task4"]
 
 
+def test_a_byte_order_mark_is_read_as_nothing(ray_cluster, tmp_path):
+    # Excel's "CSV UTF-8" and Windows editors start files with one: it used to rename a CSV's
+    # first column (every row "missing_column:instruction") and spoil a JSONL file's first line.
+    import csv
+    import io
+
+    recs = [{**r, "task": f"task{r['instruction'].split()[2][:-1]}"} for r in rows(6, 3)]
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=list(recs[0]), lineterminator="\r\n")
+    w.writeheader()
+    w.writerows(recs[:6])
+    texts = {"a.csv": out.getvalue(), "b.jsonl": "\r\n".join(json.dumps(r) for r in recs[6:12]) + "\r\n",
+             "c.json": json.dumps(recs[12:]), "unseen.txt": "task1\ntask4\n"}
+    manifests = []
+    for bom in (b"", b"\xef\xbb\xbf"):
+        folder = tmp_path / f"bom{len(bom)}"
+        folder.mkdir()
+        for name, text in texts.items():
+            (folder / name).write_bytes(bom + text.encode())
+        files = {"paths": [str(folder / "*.csv"), str(folder / "*.json*")], "columns": {"task": "task"},
+                 "unseen": {"tasks_file": str(folder / "unseen.txt")}, "strict": True}
+        manifests.append(Manifest.load(prepare(config(folder, files))))
+    plain, marked = manifests
+    assert marked.unseen_tasks == plain.unseen_tasks == ["task1", "task4"]
+    assert marked.train == plain.train and marked.unseen == plain.unseen and marked.dropped == {}
+    assert sum(s.rows for s in marked.train.values()) + sum(s.rows for s in marked.unseen.values()) == 18
+
+
 def test_unlabelled_corpus_gets_domains_by_clustering(ray_cluster, tmp_path):
     topics = {"math": "add the numbers and compute the sum arithmetic", "poem": "write a poem with rhyme and verse"}
     recs = [{"instruction": f"{topics[t]} variant {i}", "input": "", "output": "ok"}
