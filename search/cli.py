@@ -17,8 +17,25 @@ from dataclasses import asdict
 from search.config import DEFAULT_CONFIG, ConfigError, load_config
 
 
+def versions() -> str:
+    """mixsearch's version and those of the libraries whose APIs it depends on, read from the
+    installed packages' metadata (importing torch would take seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{p} {of(p)}" for p in ("ray", "optuna", "transformers", "torch", "pyarrow", "pydantic"))
+    return f"mixsearch {of('mixsearch')} (Python {sys.version.split()[0]}; {libraries})"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mixsearch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=versions(),
+                   help="print the versions of mixsearch and the libraries it runs on (for a bug report)")
     verbs = p.add_subparsers(dest="verb", required=True)
     verbs.add_parser("config", help="print the default config")
 

@@ -309,3 +309,21 @@ def test_the_cli_logs_its_own_progress_and_only_warnings_of_other_libraries():
     )
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
     assert "pool info" in err and "tbx warning" in err and "tbx info" not in err, err
+
+
+def test_version_names_mixsearch_and_the_libraries_it_runs_on(capsys):
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    import optuna
+    import transformers
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert out.startswith(f"mixsearch {project['version']} (Python {sys.version.split()[0]}; ")
+    for name, module in (("ray", ray), ("optuna", optuna), ("transformers", transformers)):
+        assert f"{name} {module.__version__}" in out
