@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from analysis import plots
-from analysis.results import SUMMARY, curves, front, load_summary, progress
+from analysis.results import SUMMARY, curves, experiment_folder, front, load_summary, progress
 
 
 class ReportError(ValueError):
@@ -145,12 +145,11 @@ def report(experiment: str | Path, out: str | Path | None = None) -> tuple[str, 
     if "://" in str(experiment):
         raise ReportError(f"{experiment}: report reads a local folder; copy the experiment down first "
                           "(for example `aws s3 sync URI DIR`)")
-    if not exp.is_dir():
-        raise ReportError(f"{experiment}: no such folder")
+    try:
+        experiment_folder(exp)
+    except (FileNotFoundError, ValueError) as e:
+        raise ReportError(str(e)) from None
     finished = (exp / SUMMARY).exists()
-    if not finished and not (exp / "tuner.pkl").exists():
-        raise ReportError(f"{experiment}: neither a {SUMMARY} nor Tune's tuner.pkl; not an experiment "
-                          "(mixsearch run writes <storage_path>/<name>/)")
     prog = progress(exp)
     if not finished and prog.empty:
         started = len(list(exp.glob("trial_*")))

@@ -22,9 +22,25 @@ METRIC = "unseen_accuracy"
 INTERNAL = {"simplex_u"}
 
 
+def experiment_folder(experiment: str | Path) -> Path:
+    """``experiment`` as a Path, once it is known to be an experiment's folder: one with a
+    ``summary.json`` or Tune's ``tuner.pkl``. Raises FileNotFoundError for a missing folder and
+    ValueError for another one (the storage path above experiments, say: they are named), where
+    reading the trial logs would quietly find none."""
+    exp = Path(experiment)
+    if not exp.is_dir():
+        raise FileNotFoundError(f"{experiment}: no such folder")
+    if not (exp / SUMMARY).exists() and not (exp / "tuner.pkl").exists():
+        inside = sorted(p.parent.name for p in exp.glob("*/tuner.pkl"))
+        hint = (f"it holds the experiments {', '.join(inside)}: pass one, e.g. {exp / inside[0]}" if inside
+                else "mixsearch run writes <storage_path>/<name>/")
+        raise ValueError(f"{experiment}: neither a {SUMMARY} nor Tune's tuner.pkl; not an experiment ({hint})")
+    return exp
+
+
 def load_summary(experiment: str | Path) -> dict:
     """The experiment's ``summary.json`` as a dict."""
-    path = Path(experiment) / SUMMARY
+    path = experiment_folder(experiment) / SUMMARY
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -77,7 +93,7 @@ def progress(experiment: str | Path) -> pd.DataFrame:
 def _logs(experiment: str | Path) -> tuple[pd.DataFrame, list[str]]:
     """(every trial's reports in the order written, the names of the config's columns)."""
     rows, knobs = [], {}
-    for log in sorted(Path(experiment).glob("*/result.json")):
+    for log in sorted(experiment_folder(experiment).glob("*/result.json")):
         for line in log.read_text().splitlines():
             if not line.strip():
                 continue

@@ -188,6 +188,25 @@ def test_what_is_not_an_experiment_is_one_line(experiment, tmp_path, capsys):
         assert err.startswith("error: ") and words in err and "Traceback" not in err
 
 
+def test_the_storage_path_instead_of_an_experiment_is_named_as_such_everywhere(experiment, tmp_path, capsys):
+    # A common slip: the folder above experiments. Reading its trial logs used to find none, so a
+    # notebook's curves() and progress() came back empty without a word.
+    from analysis.results import load_summary, trials
+
+    exp, _, _ = experiment
+    root = exp.parent
+    assert main(["report", str(root)]) == 2
+    hint = f"it holds the experiments {exp.name}: pass one, e.g. {exp}"
+    assert hint in capsys.readouterr().err
+    for read in (curves, progress, trials, load_summary):
+        with pytest.raises(ValueError, match="not an experiment") as e:
+            read(root)
+        assert hint in str(e.value)
+        with pytest.raises(FileNotFoundError, match="no such folder"):
+            read(tmp_path / "nope")
+    assert len(curves(exp)) > 0 and len(progress(exp)) == 5
+
+
 def test_the_notebook_runs_on_an_experiment(experiment):
     # In a real Jupyter kernel, as a user runs it: the figures must come out as images.
     from pathlib import Path
