@@ -416,6 +416,19 @@ def check_not_running(fs: pafs.FileSystem, exp: str, shown: str) -> None:
         )
 
 
+def _existing(fs: pafs.FileSystem, exp: str, shown: str) -> str:
+    """What a new run would overwrite, and what to do instead."""
+    report = "" if is_uri(shown) else f"`mixsearch report {shown}`"  # report reads local folders
+    if _exists(fs, f"{exp}/{SUMMARY}"):
+        return (f"an experiment of this name has finished{f' ({report})' if report else ''}; give another "
+                "--name to search again")
+    _, driver = read_runs(fs, f"{exp}/{RUNS}")
+    if live_driver(driver):
+        watch = f"{report} shows how far it is, or " if report else ""
+        return f"an experiment of this name is running ({driver_text(driver)}); {watch}give another --name"
+    return "an unfinished experiment of this name exists; pass --resume to finish it, or --name NEW"
+
+
 class RunClock:
     """This run's time, kept in ``runs.json`` beside the experiment after the times of the runs
     before it, so that a resumed experiment's summary counts them all, with this driver's host and
@@ -545,7 +558,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     # Decide before touching Ray: never overwrite an experiment. --resume finishes one, or starts
     # it if the driver died before Tune wrote anything (so a retried job can always pass --resume).
     if not resume and _has_content(fs, exp):
-        raise ConfigError(f"{shown}: an experiment of this name exists; pass --resume to finish it, or --name NEW")
+        raise ConfigError(f"{shown}: {_existing(fs, exp, shown)}")
     if resume and not _exists(fs, f"{exp}/tuner.pkl"):
         log.info("nothing to resume at %s: starting the experiment", shown)
         resume = False

@@ -60,7 +60,8 @@ def test_three_trial_search_end_to_end(tmp_path, capsys):
     # Running again would overwrite: refused, nothing lost.
     before = (exp / "summary.json").read_text()
     assert main(["run", str(path)]) == 2
-    assert "pass --resume" in capsys.readouterr().err
+    assert f"{exp}: an experiment of this name has finished (`mixsearch report {exp}`); give another --name" \
+        in capsys.readouterr().err
     assert (exp / "summary.json").read_text() == before
 
     # The config it started with is saved beside it, and a resume with another is refused (Tune
@@ -356,6 +357,9 @@ def test_resume_is_refused_while_a_driver_still_runs_the_experiment(tmp_path, ca
         err = capsys.readouterr().err
         assert f"a driver is still running this experiment (process {other.pid} on {socket.gethostname()}" in err, err
         assert "retry in" not in err and not ray.is_initialized()  # refused before Ray
+        assert main(["run", str(path)]) == 2  # and a new run of the same name, without --resume
+        assert f"an experiment of this name is running (process {other.pid} on {socket.gethostname()}, " \
+            in capsys.readouterr().err
         driver("elsewhere", 1, ago=5)  # another machine, heard from 5 s ago
         assert main(["run", str(path), "--resume"]) == 2
         assert "on elsewhere, last seen 5 s ago); let it finish or stop it (Ctrl-C) before --resume, or if it is " \
@@ -369,6 +373,8 @@ def test_resume_is_refused_while_a_driver_still_runs_the_experiment(tmp_path, ca
         check_not_running(fs, str(exp), "t")
     (exp / "runs.json").write_text(json.dumps({"runs": [12.0], "driver": None}))  # it ended
     check_not_running(fs, str(exp), "t")
+    assert main(["run", str(path)]) == 2
+    assert "an unfinished experiment of this name exists; pass --resume to finish it" in capsys.readouterr().err
 
 
 @pytest.mark.slow
