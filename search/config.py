@@ -403,6 +403,13 @@ class SpaceConfig(_Strict):
                  "learning_rate", "weight_decay", "warmup_fraction")
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
+    def grid_points(self) -> int:
+        """How many combinations a grid over this space runs (ranges count as one: a grid refuses them)."""
+        n = len(self.weights.choices) if isinstance(self.weights, WeightChoices) else 1
+        for spec in self.knobs().values():
+            n *= len(spec.choices) if isinstance(spec, Choices) else 1
+        return n
+
     def most_instructions(self) -> float:
         """The largest number of distinct instructions a trial of this space can ask for."""
         if self.num_instructions is not None:
@@ -694,6 +701,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
     except ValidationError as e:
         raise ConfigError(_format(e, source, root, cli)) from None
     cfg._cli = cli
+    if cfg.search.algorithm == "grid" and "search.num_samples" in cli:  # asked for, and it would do nothing
+        raise ConfigError(f"{_where(source, root, ('search', 'num_samples'), cli)}: a grid runs each of its "
+                          f"{cfg.search.space.grid_points()} combinations once; --num-samples is for tpe searches")
     expected = expected_pool_rules(cfg)
     if expected is not None:  # the built-in corpus: its domains are known before it is prepared
         cfg = with_pool_domains(cfg, list(expected), source)

@@ -146,6 +146,20 @@ def test_a_value_from_the_command_line_is_blamed_on_its_flag_not_the_file(tmp_pa
     assert str(path) not in err and not ray.is_initialized()
 
 
+def test_num_samples_given_to_a_grid_is_refused_not_ignored(tmp_path, capsys):
+    import yaml
+
+    path = write_config(tmp_path, {"search": {"algorithm": "grid"}})
+    data = yaml.safe_load(path.read_text())  # replace SMALL's ranges rather than merge into them
+    data["search"]["space"].update(weights={"choices": [{"random": 1.0}, {"mirrored": 1.0}]},
+                                   num_instructions={"choices": [4, 8, 16]}, learning_rate=0.003)
+    path.write_text(yaml.safe_dump(data))
+    assert main(["run", str(path), "--num-samples", "5"]) == 2
+    assert ("command line --num-samples 5, key search.num_samples: a grid runs each of its 6 combinations once"
+            in capsys.readouterr().err)
+    assert load_config(path).search.algorithm == "grid"  # the file's num_samples: documented as ignored
+
+
 @pytest.mark.parametrize("verb", ["prepare", "run"])
 def test_a_folder_that_cannot_be_written_is_one_line_before_ray(tmp_path, capsys, verb):
     (tmp_path / "afile").write_text("")
