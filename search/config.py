@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
+                      ValidationError, field_validator, model_validator)
 
 from search import corpus
 
@@ -22,6 +22,19 @@ DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 
 class ConfigError(ValueError):
     """A config that cannot be run; the message says which file, line and key."""
+
+
+def _no_variables(path: str) -> str:
+    # "$SCRATCH/results" would quietly become a folder named "$SCRATCH" in the working directory.
+    found = re.search(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?", path)
+    if found:
+        raise ValueError(f"{found.group()}: environment variables are not expanded in paths (only ~ is); "
+                         "write the path out")
+    return path
+
+
+# A local path or URI in the config: "~" is expanded where it is used, environment variables are refused.
+PathStr = Annotated[str, AfterValidator(_no_variables)]
 
 
 class _Strict(BaseModel):
@@ -113,7 +126,7 @@ class Unseen(_Strict):
 
     fraction: Optional[float] = Field(None, gt=0.0, lt=1.0)
     tasks: Optional[list[str]] = None
-    tasks_file: Optional[str] = None
+    tasks_file: Optional[PathStr] = None
     domains: Optional[list[str]] = None
 
     @model_validator(mode="after")
@@ -128,7 +141,7 @@ class FilesConfig(_Strict):
     """Instruction data from files: JSONL, JSON arrays, Parquet, CSV (globs and several files), or
     a folder saved by Hugging Face ``datasets`` (``save_to_disk``)."""
 
-    paths: list[str] = Field(min_length=1)
+    paths: list[PathStr] = Field(min_length=1)
     columns: Columns = Columns()
     domains: Domains = Domains()
     unseen: Unseen
@@ -149,7 +162,7 @@ class FilesConfig(_Strict):
 
 class CorpusConfig(_Strict):
     source: Literal["string_rewrite", "files"] = "string_rewrite"
-    pool_dir: str = "./mixsearch_pools"
+    pool_dir: PathStr = "./mixsearch_pools"
     string_rewrite: StringRewriteConfig = StringRewriteConfig()
     files: Optional[FilesConfig] = None
 
@@ -188,7 +201,7 @@ class ModelConfig(_Strict):
     """Either ``tiny`` (built from a config) or ``pretrained`` (a local directory or a hub id)."""
 
     tiny: TinyModel | None = None
-    pretrained: str | None = Field(None, description="a local directory or a hub id")
+    pretrained: PathStr | None = Field(None, description="a local directory or a hub id")
     trust_remote_code: bool = False  # off unless asked: it runs code shipped with the model
     max_length: int = Field(64, ge=8, description="longest sequence, prompt and answer")
     lora: LoraConfig | None = None
@@ -444,7 +457,7 @@ class SearchConfig(_Strict):
     pareto: Optional[Literal["budget", "compute"]] = Field(
         None, description="search the front of unseen accuracy against the data budget or the examples trained"
     )
-    start_from: Optional[str] = Field(
+    start_from: Optional[PathStr] = Field(
         None, description="a previous experiment (folder or summary.json): its surrogate's proposals are tried first"
     )
     space: SpaceConfig = SpaceConfig()
@@ -462,7 +475,7 @@ def is_uri(path: str) -> bool:
 
 class Config(_Strict):
     name: str = "default"
-    storage_path: str = "./mixsearch_results"
+    storage_path: PathStr = "./mixsearch_results"
     seed: int = 0
     corpus: CorpusConfig = CorpusConfig()
     model: ModelConfig = ModelConfig()
@@ -522,6 +535,7 @@ def _line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
             node, line = (match[0][1], match[0][0].start_mark.line + 1) if match else (None, line)
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
             node = node.value[key]
+            line = node.start_mark.line + 1  # the item's own line, not its list's key's
         else:
             node = None
     return line

@@ -138,6 +138,26 @@ def test_an_experiment_name_is_a_folder_of_its_own(tmp_path, capsys, name):
     assert load_config(write_config(tmp_path, {"name": "run-2.b_3"})).name == "run-2.b_3"
 
 
+@pytest.mark.parametrize("extra, key, var", [
+    ({"storage_path": "$SCRATCH/results"}, "storage_path", "$SCRATCH"),
+    ({"corpus": {"pool_dir": "${SCRATCH}/pools"}}, "corpus.pool_dir", "${SCRATCH}"),
+    ({"model": {"tiny": None, "pretrained": "$MODELS/gpt2"}}, "model.pretrained", "$MODELS"),
+    ({"search": {"start_from": "$HOME/mixsearch_results/a"}}, "search.start_from", "$HOME"),
+    ({"corpus": {"source": "files", "files": {"paths": ["/data/a.jsonl", "$DATA/*.jsonl"],
+                                              "unseen": {"tasks_file": "$DATA/unseen.txt"}}}},
+     "corpus.files.paths.1", "$DATA"),
+])
+def test_an_environment_variable_in_a_path_is_refused_not_taken_as_a_folder_name(tmp_path, extra, key, var):
+    # "$SCRATCH/results" used to become a folder named "$SCRATCH" in the working directory.
+    path = write_config(tmp_path, extra)
+    msg = error_of(path)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if var in text)
+    assert f"{path}, line {line}, key {key}: {var}: environment variables are not expanded in paths" in msg, msg
+    if key.startswith("corpus.files"):
+        assert "key corpus.files.unseen.tasks_file: $DATA: environment variables" in msg, msg
+    assert load_config(write_config(tmp_path, {"storage_path": "~/results"})).storage_path == "~/results"
+
+
 def test_a_value_from_the_command_line_is_blamed_on_its_flag_not_the_file(tmp_path, capsys):
     path = write_config(tmp_path, {"search": {"num_samples": 4}})
     assert main(["run", str(path), "--num-samples", "0"]) == 2
