@@ -521,7 +521,7 @@ def previous_proposals(cfg: Config) -> list[dict[str, Any]]:
     """
     where = cfg.search.start_from
     path = where if where.endswith(".json") else f"{where.rstrip('/')}/{SUMMARY}"
-    fs, inner = pafs.FileSystem.from_uri(path) if is_uri(path) else (pafs.LocalFileSystem(), str(Path(path).resolve()))
+    fs, inner = pafs.FileSystem.from_uri(path) if is_uri(path) else (pafs.LocalFileSystem(), str(resolve(path)))
     try:
         with fs.open_input_stream(inner) as f:
             summary = json.loads(f.read())
