@@ -166,7 +166,10 @@ def report(experiment: str | Path, out: str | Path | None = None) -> tuple[str, 
     if summary and summary.get("pareto"):
         figures["front.png"] = plots.front_figure(front(exp), summary["pareto"]["against"])
     out = Path(out) if out is not None else exp / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"{out}: cannot write the plots there ({e.strerror or e})") from None
     for name, fig in figures.items():
         fig.savefig(out / name, dpi=120)
     return text, [out / name for name in figures]

@@ -186,6 +186,9 @@ def test_what_is_not_an_experiment_is_one_line(experiment, tmp_path, capsys):
         assert main(["report", str(target)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and words in err and "Traceback" not in err
+    (tmp_path / "afile").write_text("")
+    assert main(["report", str(exp), "--out", str(tmp_path / "afile" / "plots")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'afile' / 'plots'}: cannot write the plots there (Not a directory)\n"
 
 
 def test_the_storage_path_instead_of_an_experiment_is_named_as_such_everywhere(experiment, tmp_path, capsys):
