@@ -143,6 +143,37 @@ def chunks(files: list[tuple[str, str]]) -> list[dict]:
     return out
 
 
+def first_columns(path: str, fmt: str) -> list[str] | None:
+    """The column names of a data file's first row (None if it cannot be read), for errors."""
+    try:
+        if fmt == "csv":
+            with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+                return next(csv.reader(f), None)
+        if fmt == "parquet":
+            return pq.ParquetFile(path).schema_arrow.names
+        if fmt == "arrow":
+            with pa.memory_map(path) as source:
+                return pa.ipc.open_stream(source).schema.names
+        end = min(os.path.getsize(path), CHUNK_BYTES)
+        for _, record in _records({"path": path, "fmt": fmt, "start": 0, "end": end, "line": 1}):
+            if isinstance(record, dict):
+                return list(record)
+    except (OSError, ValueError, pa.ArrowException, IngestError):
+        return None
+    return None
+
+
+def _columns_hint(files: list[tuple[str, str]], dropped: dict[str, int]) -> str:
+    """For rows dropped for a missing column: the columns the first file has, and where to map them
+    (a corpus whose answers are in "response" otherwise reads as nothing but bad rows)."""
+    missing = sorted(k.split(":", 1)[1] for k in dropped if k.startswith("missing_column:"))
+    have = first_columns(*files[0]) if missing and files else None
+    if not have:
+        return ""
+    return (f"; rows lack the column {', '.join(missing)}, and {files[0][0]} has {', '.join(have)}: "
+            "name yours in corpus.files.columns (instruction, input, output, domain, task)")
+
+
 # ------------------------------------------------------------------ pass 1: parse
 
 @dataclass
@@ -579,12 +610,14 @@ def prepare_files(cfg: FilesConfig, tmp: Path, pool_schema: pa.Schema, model: di
     first = [f"{names[f['file']]}:{f['line']}: {f['fault']}" for f in faults[:FAULTS_LOGGED]]
     bad = {k: v for k, v in dropped.items() if not k.startswith(("empty_", "duplicate", "too_long"))}
     if bad and cfg.strict:
-        raise IngestError(f"{first[0]} (and {sum(bad.values()) - 1} more bad rows; strict is on)")
+        raise IngestError(f"{first[0]} (and {sum(bad.values()) - 1} more bad rows; strict is on)"
+                          f"{_columns_hint(files, bad)}")
     if bad:
-        log.warning("skipped %d bad rows (%s); first: %s", sum(bad.values()),
-                    ", ".join(f"{k} {v}" for k, v in sorted(bad.items())), "; ".join(first))
+        log.warning("skipped %d bad rows (%s); first: %s%s", sum(bad.values()),
+                    ", ".join(f"{k} {v}" for k, v in sorted(bad.items())), "; ".join(first), _columns_hint(files, bad))
     if not tasks:
-        raise IngestError(f"{', '.join(cfg.paths)}: no usable rows (dropped: {dict(dropped) or 'none'})")
+        raise IngestError(f"{', '.join(cfg.paths)}: no usable rows (dropped: {dict(dropped) or 'none'})"
+                          f"{_columns_hint(files, dropped)}")
 
     plan = plan_tasks(cfg, tasks, names[0])
     held, assign, groups = plan.held, plan.assign, plan.groups

@@ -229,6 +229,38 @@ def test_a_byte_order_mark_is_read_as_nothing(ray_cluster, tmp_path):
     assert sum(s.rows for s in marked.train.values()) + sum(s.rows for s in marked.unseen.values()) == 18
 
 
+def test_columns_named_otherwise_are_named_in_the_error_and_mapped_by_the_config(ray_cluster, tmp_path):
+    # Dolly's layout: the answer is "response", the input "context". The error used to say only
+    # "no usable rows (dropped: {'missing_column:output': 24})".
+    dolly = [{"instruction": r["instruction"], "context": r["input"], "response": r["output"], "category": r["domain"]}
+             for r in rows(6, 4)]
+    data = write_jsonl(tmp_path / "dolly.jsonl", dolly)
+    with pytest.raises(IngestError) as e:
+        prepare(config(tmp_path, {"paths": [str(data)], "unseen": {"fraction": 0.34}}))
+    assert (f"no usable rows (dropped: {{'missing_column:output': 24}}); rows lack the column output, and {data} "
+            "has instruction, context, response, category: name yours in corpus.files.columns") in str(e.value)
+    strict = {"paths": [str(data)], "unseen": {"fraction": 0.34}, "strict": True}
+    with pytest.raises(IngestError, match=r"strict is on\); rows lack the column output, and .* has instruction, "):
+        prepare(config(tmp_path, strict))
+    mapped = {"paths": [str(data)], "columns": {"input": "context", "output": "response"}, "unseen": {"fraction": 0.34}}
+    m = Manifest.load(prepare(config(tmp_path, mapped)))
+    assert sum(s.rows for s in m.train.values()) + sum(s.rows for s in m.unseen.values()) == 24 and m.dropped == {}
+
+
+def test_first_columns_of_each_format(tmp_path):
+    from search.ingest import first_columns
+
+    pq.write_table(pa.Table.from_pylist([{"prompt": "p", "completion": "c"}]), tmp_path / "a.parquet")
+    (tmp_path / "a.csv").write_bytes(b"\xef\xbb\xbfprompt,completion\r\np,c\r\n")
+    (tmp_path / "a.json").write_text(json.dumps([{"prompt": "p", "completion": "c"}]))
+    write_jsonl(tmp_path / "a.jsonl", [{"prompt": "p", "completion": "c"}], extra_lines=[b"{"])
+    with pa.OSFile(str(tmp_path / "a.arrow"), "wb") as sink, pa.ipc.new_stream(sink, pa.schema([("prompt", pa.string()), ("completion", pa.string())])):
+        pass
+    for fmt in ("parquet", "csv", "json", "jsonl", "arrow"):
+        assert first_columns(str(tmp_path / f"a.{fmt}"), fmt) == ["prompt", "completion"], fmt
+    assert first_columns(str(tmp_path / "missing.jsonl"), "jsonl") is None
+
+
 def test_unlabelled_corpus_gets_domains_by_clustering(ray_cluster, tmp_path):
     topics = {"math": "add the numbers and compute the sum arithmetic", "poem": "write a poem with rhyme and verse"}
     recs = [{"instruction": f"{topics[t]} variant {i}", "input": "", "output": "ok"}
