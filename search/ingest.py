@@ -163,14 +163,17 @@ def first_columns(path: str, fmt: str) -> list[str] | None:
     return None
 
 
-def _columns_hint(files: list[tuple[str, str]], dropped: dict[str, int]) -> str:
-    """For rows dropped for a missing column: the columns the first file has, and where to map them
-    (a corpus whose answers are in "response" otherwise reads as nothing but bad rows)."""
+def _columns_hint(files: list[tuple[str, str]], faults: list[dict], dropped: dict[str, int]) -> str:
+    """For rows dropped for a missing column: the columns of the file of the first such row, and
+    where to map them (a corpus whose answers are in "response" otherwise reads as bad rows only)."""
     missing = sorted(k.split(":", 1)[1] for k in dropped if k.startswith("missing_column:"))
-    have = first_columns(*files[0]) if missing and files else None
+    if not missing:
+        return ""
+    index = next((f["file"] for f in faults if f["fault"].startswith("missing_column:")), 0)
+    have = first_columns(*files[index])
     if not have:
         return ""
-    return (f"; rows lack the column {', '.join(missing)}, and {files[0][0]} has {', '.join(have)}: "
+    return (f"; rows lack the column {', '.join(missing)}, and {files[index][0]} has {', '.join(have)}: "
             "name yours in corpus.files.columns (instruction, input, output, domain, task)")
 
 
@@ -611,13 +614,13 @@ def prepare_files(cfg: FilesConfig, tmp: Path, pool_schema: pa.Schema, model: di
     bad = {k: v for k, v in dropped.items() if not k.startswith(("empty_", "duplicate", "too_long"))}
     if bad and cfg.strict:
         raise IngestError(f"{first[0]} (and {sum(bad.values()) - 1} more bad rows; strict is on)"
-                          f"{_columns_hint(files, bad)}")
+                          f"{_columns_hint(files, faults, bad)}")
     if bad:
         log.warning("skipped %d bad rows (%s); first: %s%s", sum(bad.values()),
-                    ", ".join(f"{k} {v}" for k, v in sorted(bad.items())), "; ".join(first), _columns_hint(files, bad))
+                    ", ".join(f"{k} {v}" for k, v in sorted(bad.items())), "; ".join(first), _columns_hint(files, faults, bad))
     if not tasks:
         raise IngestError(f"{', '.join(cfg.paths)}: no usable rows (dropped: {dict(dropped) or 'none'})"
-                          f"{_columns_hint(files, dropped)}")
+                          f"{_columns_hint(files, faults, dropped)}")
 
     plan = plan_tasks(cfg, tasks, names[0])
     held, assign, groups = plan.held, plan.assign, plan.groups

@@ -239,9 +239,11 @@ def test_columns_named_otherwise_are_named_in_the_error_and_mapped_by_the_config
         prepare(config(tmp_path, {"paths": [str(data)], "unseen": {"fraction": 0.34}}))
     assert (f"no usable rows (dropped: {{'missing_column:output': 24}}); rows lack the column output, and {data} "
             "has instruction, context, response, category: name yours in corpus.files.columns") in str(e.value)
-    strict = {"paths": [str(data)], "unseen": {"fraction": 0.34}, "strict": True}
-    with pytest.raises(IngestError, match=r"strict is on\); rows lack the column output, and .* has instruction, "):
+    fine = write_jsonl(tmp_path / "a_fine.jsonl", rows(3, 2))  # listed first, and not the culprit
+    strict = {"paths": [str(fine), str(data)], "unseen": {"fraction": 0.34}, "strict": True}
+    with pytest.raises(IngestError) as e:
         prepare(config(tmp_path, strict))
+    assert f"strict is on); rows lack the column output, and {data} has instruction, context" in str(e.value)
     mapped = {"paths": [str(data)], "columns": {"input": "context", "output": "response"}, "unseen": {"fraction": 0.34}}
     m = Manifest.load(prepare(config(tmp_path, mapped)))
     assert sum(s.rows for s in m.train.values()) + sum(s.rows for s in m.unseen.values()) == 24 and m.dropped == {}
