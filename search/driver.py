@@ -155,9 +155,10 @@ def check_folders(cfg: Config, source: str, folders: dict[tuple[str, ...], str])
     """Refuse local folders (config key -> path) that cannot be written to: found later, such a
     folder fails the run after Ray started and the pool was prepared, with a traceback."""
     for key, path in folders.items():
-        why = None if is_uri(path) else _unwritable(resolve(path))
+        folder = None if is_uri(path) else resolve(path)
+        why = folder and _unwritable(folder)
         if why:
-            raise ConfigError(f"{setting_location(cfg, source, key)}: cannot write to {resolve(path)} ({why})")
+            raise ConfigError(f"{setting_location(cfg, source, key)}: cannot write to {folder} ({why})")
 
 
 def check_inputs(cfg: Config, source: str, *, run: bool = True) -> None:
@@ -403,11 +404,17 @@ def driver_text(driver: dict) -> str:
     return f"process {driver.get('pid')} on {driver.get('host')}, last seen {time.time() - float(driver['at']):.0f} s ago"
 
 
+def _running_driver(fs: pafs.FileSystem, exp: str) -> dict | None:
+    """The driver that ``runs.json`` names as running the experiment now, if it is alive (``live_driver``)."""
+    _, driver = read_runs(fs, f"{exp}/{RUNS}")
+    return driver if live_driver(driver) else None
+
+
 def check_not_running(fs: pafs.FileSystem, exp: str, shown: str) -> None:
     """Refuse to resume an experiment that a driver is still running (``live_driver``): two
     drivers on one experiment would both run its trials and overwrite each other's state."""
-    _, driver = read_runs(fs, f"{exp}/{RUNS}")
-    if live_driver(driver):
+    driver = _running_driver(fs, exp)
+    if driver:
         elsewhere = driver.get("host") != socket.gethostname()
         wait = STALE_SECONDS - (time.time() - float(driver["at"]))
         raise ConfigError(
@@ -422,8 +429,8 @@ def _existing(fs: pafs.FileSystem, exp: str, shown: str) -> str:
     if _exists(fs, f"{exp}/{SUMMARY}"):
         return (f"an experiment of this name has finished{f' ({report})' if report else ''}; give another "
                 "--name to search again")
-    _, driver = read_runs(fs, f"{exp}/{RUNS}")
-    if live_driver(driver):
+    driver = _running_driver(fs, exp)
+    if driver:
         watch = f"{report} shows how far it is, or " if report else ""
         return f"an experiment of this name is running ({driver_text(driver)}); {watch}give another --name"
     return "an unfinished experiment of this name exists; pass --resume to finish it, or --name NEW"
