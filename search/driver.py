@@ -90,6 +90,13 @@ def _has_content(fs: pafs.FileSystem, path: str) -> bool:
     return bool(fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
 
 
+def _experiments_in(fs: pafs.FileSystem, path: str) -> list[str]:
+    """Names of the experiments directly under ``path`` (a storage path, passed by mistake)."""
+    folders = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(f.base_name for f in folders
+                  if f.type == pafs.FileType.Directory and _exists(fs, f"{f.path}/tuner.pkl"))
+
+
 def init_ray(cfg: Config) -> None:
     """Join the configured cluster, or start a local one on this machine."""
     import ray
@@ -537,7 +544,10 @@ def previous_proposals(cfg: Config) -> list[dict[str, Any]]:
         if not where.endswith(".json") and _exists(fs, f"{folder}/tuner.pkl"):  # an experiment, unfinished
             raise ConfigError(f"search.start_from: {where} has no {SUMMARY} yet (it is running, or was "
                               "interrupted: finish it with --resume), so no proposals to start from") from None
-        raise ConfigError(f"search.start_from: cannot read {path}: {e}") from None
+        inside = _experiments_in(fs, folder) if not where.endswith(".json") else []
+        hint = (f" (it holds the experiments {', '.join(inside)}: pass one, e.g. {where.rstrip('/')}/{inside[0]})"
+                if inside else "")
+        raise ConfigError(f"search.start_from: cannot read {path}: {e}{hint}") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"search.start_from: {path}, line {e.lineno}: not valid JSON: {e.msg}") from None
     proposals = (summary.get("surrogate") or {}).get("proposals") or []

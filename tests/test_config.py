@@ -304,6 +304,10 @@ def test_start_from_needs_tpe_and_an_experiment_with_proposals(tmp_path, capsys)
     (tmp_path / "prev" / "summary.json").write_text('{"surrogate": {"error": "needs at least 4 trials"}}')
     assert main(["run", str(path), "--start-from", str(tmp_path / "prev")]) == 2
     assert "proposes nothing (needs at least 4 trials)" in capsys.readouterr().err
+    # The storage path above experiments, a common slip: the error names the experiments in it.
+    (tmp_path / "prev" / "tuner.pkl").write_bytes(b"")
+    assert main(["run", str(path), "--start-from", str(tmp_path)]) == 2
+    assert f"(it holds the experiments prev, running: pass one, e.g. {tmp_path}/prev)" in capsys.readouterr().err
     with pytest.MonkeyPatch.context() as mp:  # "~" in the file is the home folder, as in every path
         mp.setenv("HOME", str(tmp_path))
         assert main(["run", str(write_config(tmp_path, {"search": {"start_from": "~/prev"}}))]) == 2
