@@ -80,9 +80,9 @@ def run_baseline(cfg) -> dict:
     buckets = max(2, math.ceil(sum(os.path.getsize(p) for p, _ in files) / ingest.BUCKET_BYTES))
     stage = tmp / "_stage"
     for i, chunk in enumerate(ingest.chunks(files)):
-        table = ingest.parse({k: [v] for k, v in chunk.items()}, fc.columns, buckets)
-        pads.write_dataset(table, stage, format="parquet", partitioning=["bucket"], partitioning_flavor="hive",
-                           basename_template=f"part-{i}-{{i}}.parquet", existing_data_behavior="overwrite_or_ignore")
+        for j, table in enumerate(ingest.parse({k: [v] for k, v in chunk.items()}, fc.columns, buckets)):
+            pads.write_dataset(table, stage, format="parquet", partitioning=["bucket"], partitioning_flavor="hive",
+                               basename_template=f"part-{i}-{j}-{{i}}.parquet", existing_data_behavior="overwrite_or_ignore")
     (tmp / "_clean").mkdir()
     tokens = {"model": cfg.model.model_dump(), "prompt": fc.prompt, "truncate": fc.truncate}
     results = [ingest.clean(str(stage), b, str(tmp / "_clean"), tokens) for b in range(buckets)]

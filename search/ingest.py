@@ -2,11 +2,12 @@
 
 Three passes, each streaming (no pass holds more than one chunk or one bucket in memory):
 
-1. parse (Ray Data): files are cut into chunks (byte ranges of JSONL/CSV files, row groups of
-   Parquet, whole JSON arrays and Arrow files); each chunk becomes rows with normalized keys: the
-   task (a task column, or the hash of the normalized instruction), a duplicate key, a bucket (a
-   hash of the task). Faulty rows (malformed JSON, missing columns, wrong types, bytes that are
-   not UTF-8) become fault records with their file and line. Rows are written by bucket.
+1. parse (Ray Data): files are cut into chunks (byte ranges of JSONL files, row groups of
+   Parquet, whole CSV, JSON, Arrow and compressed files); each chunk becomes rows with
+   normalized keys: the task (a task column, or the hash of the normalized instruction), a
+   duplicate key, a bucket (a hash of the task). Faulty rows (malformed JSON, missing columns,
+   wrong types, bytes that are not UTF-8) become fault records with their file and line. Rows
+   are written by bucket.
 2. clean (a Ray task per bucket): empty instructions or outputs dropped, exact duplicates
    (normalized instruction + input + output) dropped, rows tokenized with the trial model's
    tokenizer (too long: dropped, or truncated), each drop counted by reason; every task's rows
@@ -56,6 +57,12 @@ FAULTS_LOGGED = 5
 # read as text it would rename a CSV's first column and spoil a JSONL file's first line.
 BOM = b"\xef\xbb\xbf"
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+# Text formats may come compressed (train.jsonl.gz, as corpora on the Hub often are); Parquet and
+# Arrow compress inside the file.
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
+TEXT_FORMATS = ("jsonl", "json", "csv")
+# Rows a parse task hands on at a time: a CSV or a compressed file is read as one chunk.
+PARSE_ROWS = 50_000
 
 STAGE_SCHEMA = pa.schema([
     ("task", pa.string()), ("task_key", pa.string()), ("domain", pa.string()),
@@ -92,11 +99,69 @@ def list_files(cfg: FilesConfig) -> list[tuple[str, str]]:
         if not matches:
             raise IngestError(f"{pattern}: no such file")
         for m in matches:
-            fmt = FORMATS.get(Path(m).suffix.lower())
+            fmt = file_format(m)
             if fmt is None:
-                raise IngestError(f"{m}: unknown format (expected one of {sorted(FORMATS)})")
+                raise IngestError(f"{m}: unknown format (expected one of {sorted(FORMATS)}, "
+                                  f"the text ones optionally compressed: {', '.join(COMPRESSIONS)})")
             out.append((str(Path(m).resolve()), fmt))
     return out
+
+
+def _codec(path: str) -> str | None:
+    """The compression of a file, from its name (``.gz``, ``.bz2``, ``.zst``), or None."""
+    return COMPRESSIONS.get(Path(path).suffix.lower())
+
+
+def file_format(path: str) -> str | None:
+    """A data file's format from its name (``train.jsonl.gz`` is jsonl), or None if unknown."""
+    name = Path(path)
+    if _codec(path):
+        fmt = FORMATS.get(name.with_suffix("").suffix.lower())
+        return fmt if fmt in TEXT_FORMATS else None
+    return FORMATS.get(name.suffix.lower())
+
+
+class _Stream(io.RawIOBase):
+    """A pyarrow stream as a Python raw file, so that it can be buffered and read by line."""
+
+    def __init__(self, stream: pa.NativeFile):
+        self.stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.stream.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.stream.close()
+        super().close()
+
+
+def _open(path: str) -> io.BufferedIOBase:
+    """A data file for reading as bytes, decompressed as it is read when its name says so."""
+    codec = _codec(path)
+    if codec is None:
+        return open(path, "rb")
+    return io.BufferedReader(_Stream(pa.input_stream(path, compression=codec)), CHUNK_BYTES)
+
+
+def _size(path: str) -> int:
+    """A file's size in bytes once decompressed, estimated from its first few MB when it is
+    compressed: what sizes the buckets of the parse pass."""
+    codec = _codec(path)
+    if codec is None:
+        return os.path.getsize(path)
+    try:
+        with open(path, "rb") as raw:
+            stream = pa.CompressedInputStream(pa.PythonFile(raw, mode="r"), codec)  # closes raw when freed
+            out = len(stream.read(CHUNK_BYTES))
+            read = raw.tell()
+    except (OSError, pa.ArrowException) as e:
+        raise IngestError(f"{path}: not readable as {codec}: {e}") from None
+    return round(os.path.getsize(path) * out / read) if read else 0
 
 
 def _dataset_dir(path: Path) -> list[tuple[str, str]]:
@@ -106,10 +171,10 @@ def _dataset_dir(path: Path) -> list[tuple[str, str]]:
     if state.is_file():
         files = [f["filename"] for f in json.loads(state.read_text()).get("_data_files", [])]
         return [(str((path / f).resolve()), "arrow") for f in files]
-    found = sorted(p for p in path.rglob("*") if p.suffix.lower() in FORMATS and p.name != "dataset_info.json")
+    found = sorted(p for p in path.rglob("*") if file_format(str(p)) and p.name != "dataset_info.json")
     if not found:
         raise IngestError(f"{path}: a folder with no data files (and no datasets state.json)")
-    return [(str(p.resolve()), FORMATS[p.suffix.lower()]) for p in found]
+    return [(str(p.resolve()), file_format(str(p))) for p in found]
 
 
 def chunks(files: list[tuple[str, str]]) -> list[dict]:
@@ -118,7 +183,9 @@ def chunks(files: list[tuple[str, str]]) -> list[dict]:
     for index, (path, fmt) in enumerate(files):
         if fmt in ("jsonl", "csv"):
             size = os.path.getsize(path)
-            if fmt == "csv":  # quoted fields may hold newlines: a CSV is one chunk
+            # Quoted fields may hold newlines, and a compressed stream has no byte offsets to cut
+            # at: a CSV, or a compressed file, is one chunk.
+            if fmt == "csv" or _codec(path):
                 out.append({"file": index, "path": path, "fmt": fmt, "start": 0, "end": size, "line": 1})
                 continue
             start, line = 0, 1
@@ -147,7 +214,7 @@ def first_columns(path: str, fmt: str) -> list[str] | None:
     """The column names of a data file's first row (None if it cannot be read), for errors."""
     try:
         if fmt == "csv":
-            with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+            with io.TextIOWrapper(_open(path), encoding="utf-8-sig", errors="replace", newline="") as f:
                 return next(csv.reader(f), None)
         if fmt == "parquet":
             return pq.ParquetFile(path).schema_arrow.names
@@ -222,23 +289,34 @@ class _Rows:
 def _records(chunk: dict):
     """(line, record or a fault reason) of one chunk."""
     path, fmt = chunk["path"], chunk["fmt"]
+    try:
+        yield from _text_records(chunk) if fmt in TEXT_FORMATS else _table_records(chunk)
+    except (OSError, EOFError, pa.ArrowException) as e:  # a truncated or corrupt compressed file
+        raise IngestError(f"{path}: not readable as {_codec(path) or fmt}: {e}") from None
+
+
+def _text_records(chunk: dict):
+    path, fmt = chunk["path"], chunk["fmt"]
     if fmt == "jsonl":
-        with open(path, "rb") as f:
-            f.seek(chunk["start"])
-            data = f.read(chunk["end"] - chunk["start"])
-        if chunk["start"] == 0:
-            data = data.removeprefix(BOM)
-        for i, raw in enumerate(data.split(b"\n")):
-            if not raw.strip():
-                continue
-            try:
-                yield chunk["line"] + i, json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                yield chunk["line"] + i, "not_utf8"
-            except json.JSONDecodeError:
-                yield chunk["line"] + i, "malformed_json"
+        with _open(path) as f:
+            if _codec(path):  # the whole file, streamed line by line
+                lines = iter(f)
+            else:
+                f.seek(chunk["start"])
+                lines = iter(f.read(chunk["end"] - chunk["start"]).split(b"\n"))
+            for i, raw in enumerate(lines, chunk["line"]):
+                if i == 1:
+                    raw = raw.removeprefix(BOM)
+                if not raw.strip():
+                    continue
+                try:
+                    yield i, json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    yield i, "not_utf8"
+                except json.JSONDecodeError:
+                    yield i, "malformed_json"
     elif fmt == "csv":
-        with open(path, "rb") as f:
+        with _open(path) as f:
             text = f.read().decode("utf-8-sig", errors="surrogateescape")
         reader = csv.DictReader(io.StringIO(text, newline=""))
         for record in reader:
@@ -249,9 +327,9 @@ def _records(chunk: dict):
                 yield line, "malformed_csv"
             else:
                 yield line, record
-    elif fmt == "json":
+    else:
         try:
-            with open(path, "rb") as f:
+            with _open(path) as f:
                 items = json.loads(f.read().decode("utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise IngestError(f"{path}: not a JSON array: {e}") from None
@@ -259,24 +337,28 @@ def _records(chunk: dict):
             raise IngestError(f"{path}: expected a JSON array of objects, got {type(items).__name__}")
         for i, record in enumerate(items, 1):
             yield i, record  # the item's position stands for its line
-    else:
-        try:
-            if fmt == "parquet":
-                parquet = pq.ParquetFile(path)
-                table = parquet.read_row_group(chunk["start"])
-                offset = sum(parquet.metadata.row_group(g).num_rows for g in range(chunk["start"]))
-            else:
-                with pa.memory_map(path) as source:
-                    table = pa.ipc.open_stream(source).read_all()
-                offset = 0
-        except Exception as e:
-            raise IngestError(f"{path}: not readable as {fmt}: {e}") from None
-        for i, record in enumerate(table.to_pylist(), offset + 1):
-            yield i, record  # the row's number stands for its line
 
 
-def parse(batch: dict, columns, buckets: int) -> pa.Table:
-    """Ray Data batch function: chunk descriptors in, stage rows (and fault records) out."""
+def _table_records(chunk: dict):
+    path, fmt = chunk["path"], chunk["fmt"]
+    try:
+        if fmt == "parquet":
+            parquet = pq.ParquetFile(path)
+            table = parquet.read_row_group(chunk["start"])
+            offset = sum(parquet.metadata.row_group(g).num_rows for g in range(chunk["start"]))
+        else:
+            with pa.memory_map(path) as source:
+                table = pa.ipc.open_stream(source).read_all()
+            offset = 0
+    except Exception as e:
+        raise IngestError(f"{path}: not readable as {fmt}: {e}") from None
+    for i, record in enumerate(table.to_pylist(), offset + 1):
+        yield i, record  # the row's number stands for its line
+
+
+def parse(batch: dict, columns, buckets: int):
+    """Ray Data batch function: chunk descriptors in, stage rows (and fault records) out, in
+    tables of at most ``PARSE_ROWS`` rows (a whole CSV or compressed file is one chunk)."""
     rows = _Rows()
     for i in range(len(batch["path"])):
         chunk = {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
@@ -285,7 +367,10 @@ def parse(batch: dict, columns, buckets: int) -> pa.Table:
                 rows.fault(chunk["file"], line, record, buckets)
             else:
                 rows.add(record, chunk["file"], line, columns, buckets)
-    return rows.table()
+            if len(rows.cols["file"]) >= PARSE_ROWS:
+                yield rows.table()
+                rows = _Rows()
+    yield rows.table()
 
 
 # ------------------------------------------------------------------ pass 2: clean
@@ -569,7 +654,7 @@ def prepare_files(cfg: FilesConfig, tmp: Path, pool_schema: pa.Schema, model: di
     import ray
 
     files = list_files(cfg)
-    total = sum(os.path.getsize(p) for p, _ in files)
+    total = sum(_size(p) for p, _ in files)
     if total == 0:
         raise IngestError(f"{', '.join(cfg.paths)}: the corpus is empty (0 bytes)")
     items = chunks(files)

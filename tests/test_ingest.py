@@ -229,6 +229,64 @@ def test_a_byte_order_mark_is_read_as_nothing(ray_cluster, tmp_path):
     assert sum(s.rows for s in marked.train.values()) + sum(s.rows for s in marked.unseen.values()) == 18
 
 
+def test_compressed_files_give_the_same_pool_and_a_truncated_one_is_named(ray_cluster, tmp_path):
+    import bz2
+    import csv
+    import gzip
+
+    records = rows(6, 4)
+    plain, packed = tmp_path / "plain", tmp_path / "packed"
+    plain.mkdir()
+    write_jsonl(plain / "a.jsonl", records[:12], extra_lines=[b"{"])  # a bad row: its line is kept
+    (plain / "b.json").write_text(json.dumps(records[12:18]))
+    with open(plain / "c.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(records[0]))
+        w.writeheader()
+        w.writerows(records[18:])
+    packed.mkdir()
+    (packed / "a.jsonl.gz").write_bytes(gzip.compress(b"\xef\xbb\xbf" + (plain / "a.jsonl").read_bytes()))
+    (packed / "b.json.bz2").write_bytes(bz2.compress((plain / "b.json").read_bytes()))
+    with pa.CompressedOutputStream(str(packed / "c.csv.zst"), "zstd") as out:
+        out.write((plain / "c.csv").read_bytes())
+    a, b = (Manifest.load(prepare(config(d, {"paths": [str(d)], "unseen": {"fraction": 0.34}}))) for d in (plain, packed))
+    assert a.train == b.train and a.unseen == b.unseen and a.unseen_tasks == b.unseen_tasks
+    assert sum(s.rows for s in b.train.values()) + sum(s.rows for s in b.unseen.values()) == 24
+    assert b.dropped == {"malformed_json": 1} and b.faults == [f"{packed / 'a.jsonl.gz'}:13: malformed_json"]
+
+    whole = (packed / "a.jsonl.gz").read_bytes()
+    (packed / "a.jsonl.gz").write_bytes(whole[:len(whole) // 2])  # a download cut short
+    with pytest.raises(IngestError, match=f"{packed / 'a.jsonl.gz'}: not readable as gzip"):
+        prepare(config(tmp_path / "cut", {"paths": [str(packed)], "unseen": {"fraction": 0.34}}))
+    assert leftovers(tmp_path / "cut") == []
+    (packed / "d.parquet.gz").write_bytes(b"")  # Parquet compresses inside the file
+    with pytest.raises(IngestError, match=r"d.parquet.gz: unknown format .* optionally compressed: .gz, .bz2, .zst"):
+        prepare(config(tmp_path / "cut", {"paths": [str(packed / "*")], "unseen": {"fraction": 0.34}}))
+
+
+def test_a_parse_task_hands_on_a_large_chunk_in_parts(tmp_path, monkeypatch):
+    import gzip
+
+    from search import ingest
+
+    write_jsonl(tmp_path / "a.jsonl", rows(4, 5))
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress((tmp_path / "a.jsonl").read_bytes()))
+    cfg = config(tmp_path, {"paths": [str(tmp_path / "a.jsonl*")], "unseen": {"fraction": 0.5}}).corpus.files
+    files = ingest.list_files(cfg)
+    assert [fmt for _, fmt in files] == ["jsonl", "jsonl"]
+    (plain,), (packed,) = (ingest.chunks([f]) for f in files)  # a compressed file is one chunk
+    columns = cfg.columns
+    monkeypatch.setattr(ingest, "PARSE_ROWS", 6)
+    parts = list(ingest.parse({k: [v] for k, v in packed.items()}, columns, 4))
+    assert [p.num_rows for p in parts] == [6, 6, 6, 2]
+    whole = list(ingest.parse({k: [v] for k, v in plain.items()}, columns, 4))
+    assert pa.concat_tables(parts).equals(pa.concat_tables(whole))
+    assert ingest._size(str(tmp_path / "a.jsonl.gz")) == os.path.getsize(tmp_path / "a.jsonl")  # read to the end
+    whole = (tmp_path / "a.jsonl.gz").read_bytes()
+    (tmp_path / "a.jsonl.gz").write_bytes(whole[:-8])  # no checksum: the parse task names the file
+    with pytest.raises(IngestError, match=f"{tmp_path / 'a.jsonl.gz'}: not readable as gzip"):
+        list(ingest.parse({k: [v] for k, v in packed.items()}, columns, 4))
+
+
 def test_columns_named_otherwise_are_named_in_the_error_and_mapped_by_the_config(ray_cluster, tmp_path):
     # Dolly's layout: the answer is "response", the input "context". The error used to say only
     # "no usable rows (dropped: {'missing_column:output': 24})".
