@@ -41,16 +41,18 @@ def write_corpus(path: Path, n: int, seed: int = 0) -> None:
     """n JSONL rows: tasks of 100 rows, each task an instruction of a few words."""
     rng = random.Random(seed)
     with open(path, "w") as f:
+        line = ""
         for i in range(n):
             task = i // 100
             words = " ".join(WORDS[(task * k) % len(WORDS)] for k in range(1, 6))
             if i % 1000 == 999:
                 f.write('{"instruction": "broken\n')
                 continue
-            j = i - 1 if i % 100 == 50 else i  # 1% exact duplicates of the previous row
-            row = {"instruction": f"Task {task}: {words} the items.", "input": f"item {j % 97} {j % 13}",
-                   "output": f"{rng.choice(WORDS)} {j % 89}", "domain": DOMAINS[task % len(DOMAINS)]}
-            f.write(json.dumps(row) + "\n")
+            if i % 100 != 50:  # else 1% exact duplicates: the previous row again
+                row = {"instruction": f"Task {task}: {words} the items.", "input": f"item {i % 97} {i % 13}",
+                       "output": f"{rng.choice(WORDS)} {i % 89}", "domain": DOMAINS[task % len(DOMAINS)]}
+                line = json.dumps(row) + "\n"
+            f.write(line)
 
 
 def config(tmp: Path, corpus: Path):

@@ -25,6 +25,7 @@ def _load_benchmark(name: str = "search_efficiency"):
 
 se = _load_benchmark()
 sq = _load_benchmark("surrogate_quality")
+pt = _load_benchmark("prepare_throughput")
 GOOD_FINAL, BAD_FINAL = 0.9, 0.1
 
 
@@ -95,3 +96,13 @@ def test_surrogate_quality_on_the_table_reports_both_correlations():
     out = sq.table(seeds=2)
     assert out["seeds"] == 2
     assert -1 <= out["reported_cv_rank_correlation"] <= 1 and -1 <= out["true_rank_correlation"] <= 1
+
+
+def test_prepare_throughput_baseline_does_the_pipelines_work(ray_cluster, tmp_path):
+    # The benchmark compares rates, so both sides must keep the same rows (the benchmark asserts
+    # it too, but only after minutes). 3,000 rows: 30 tasks, 3 malformed lines, 30 duplicates.
+    corpus = tmp_path / "corpus.jsonl"
+    pt.write_corpus(corpus, 3000)
+    cfg = pt.config(tmp_path, corpus)
+    baseline, pipeline = pt.run_baseline(cfg), pt.run_pipeline(cfg)
+    assert baseline == pipeline == {"rows": 3000 - 3 - 30, "tasks": 30}
