@@ -103,14 +103,17 @@ class StringRewriteConfig(_Strict):
 
 class Columns(_Strict):
     """Which column of the files holds what. Left at its default, ``domain`` falls back to
-    ``category`` when the files have no ``domain`` column, and without a ``task`` column a task is a
-    distinct normalized instruction; a column named here must be in the files."""
+    ``category`` when the files have no ``domain`` column, ``messages`` to ``conversations``, and
+    without a ``task`` column a task is a distinct normalized instruction; a column named here must
+    be in the files. A row without the instruction column is read from its ``messages`` column
+    when it has one: a chat of one user turn and one assistant answer."""
 
     instruction: str = "instruction"
     input: str = "input"
     output: str = "output"
     domain: str = "domain"
     task: str = "task"
+    messages: str = "messages"
 
 
 class Domains(_Strict):

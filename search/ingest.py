@@ -241,7 +241,7 @@ def _columns_hint(files: list[tuple[str, str]], faults: list[dict], dropped: dic
     if not have:
         return ""
     return (f"; rows lack the column {', '.join(missing)}, and {files[index][0]} has {', '.join(have)}: "
-            "name yours in corpus.files.columns (instruction, input, output, domain, task)")
+            "name yours in corpus.files.columns (instruction, input, output, domain, task, messages)")
 
 
 # ------------------------------------------------------------------ pass 1: parse
@@ -259,6 +259,13 @@ class _Rows:
     def add(self, record, file: int, line: int, columns, buckets: int) -> None:
         if not isinstance(record, dict):
             return self.fault(file, line, "not_an_object", buckets)
+        if columns.instruction not in record:
+            chat = _chat_column(record, columns)
+            if chat is not None:
+                turns = from_chat(record[chat], chat)
+                if isinstance(turns, str):
+                    return self.fault(file, line, turns, buckets)
+                record = {**record, columns.instruction: turns[0], columns.input: "", columns.output: turns[1]}
         values = {}
         for role in ("instruction", "input", "output", "domain", "task"):
             name = getattr(columns, role)
@@ -284,6 +291,45 @@ class _Rows:
 
     def table(self) -> pa.Table:
         return pa.Table.from_pydict(self.cols, schema=STAGE_SCHEMA)
+
+
+# Role names of the chat formats in use: OpenAI's messages (role, content) and ShareGPT's
+# conversations (from, value).
+ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
+
+
+def _chat_column(record: dict, columns) -> str | None:
+    if columns.messages in record:
+        return columns.messages
+    # only for the default name: a named column is meant
+    return "conversations" if columns.messages == "messages" and "conversations" in record else None
+
+
+def from_chat(turns, column: str) -> tuple[str, str] | str:
+    """(instruction, output) of a chat: system turns (joined before the user's), one user turn,
+    one assistant answer. Otherwise the fault: ``multi_turn`` for a longer conversation (a trial
+    trains on one prompt and its answer), ``wrong_type:<column>`` for anything else."""
+    wrong = f"wrong_type:{column}"
+    if not isinstance(turns, list):
+        return wrong
+    roles, texts = [], []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            return wrong
+        role = ROLES.get(turn.get("role", turn.get("from")))
+        text = turn.get("content", turn.get("value"))
+        if role is None or not isinstance(text, str):
+            return wrong
+        roles.append(role)
+        texts.append(text)
+    system = 0
+    while system < len(roles) and roles[system] == "system":
+        system += 1
+    if roles[system:] == ["user", "assistant"]:
+        return "\n".join(texts[:system + 1]), texts[-1]
+    if roles[system:system + 2] == ["user", "assistant"]:
+        return "multi_turn"
+    return wrong
 
 
 def _records(chunk: dict):

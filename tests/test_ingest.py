@@ -287,6 +287,45 @@ def test_a_parse_task_hands_on_a_large_chunk_in_parts(tmp_path, monkeypatch):
         list(ingest.parse({k: [v] for k, v in packed.items()}, columns, 4))
 
 
+def test_chat_rows_give_the_pool_of_their_instruction_rows(ray_cluster, tmp_path):
+    # OpenAI's messages (JSONL, Parquet) and ShareGPT's conversations (a JSON array), with and
+    # without a system turn, against the same rows as instruction and output.
+    records = [{**r, "input": ""} for r in rows(6, 4)]
+    for r in records[::2]:
+        r["instruction"] = "You are terse.\n" + r["instruction"]
+
+    def chat(r, role="role", content="content", names=("system", "user", "assistant")):
+        system, _, user = r["instruction"].rpartition("\n")
+        turns = [{role: names[1], content: user}, {role: names[2], content: r["output"]}]
+        return ([{role: names[0], content: system}] if system else []) + turns
+
+    plain, chats = tmp_path / "plain", tmp_path / "chats"
+    plain.mkdir()
+    chats.mkdir()
+    write_jsonl(plain / "a.jsonl", records)
+    write_jsonl(chats / "a.jsonl", [{"messages": chat(r), "domain": r["domain"]} for r in records[:10]], extra_lines=[
+        json.dumps({"messages": chat(records[0]) * 2, "domain": "math"}).encode(),  # two exchanges
+        json.dumps({"messages": chat(records[0])[:-1], "domain": "math"}).encode(),  # no answer
+        json.dumps({"messages": "hi", "domain": "math"}).encode(),
+    ])
+    (chats / "b.json").write_text(json.dumps([{"conversations": chat(r, "from", "value", ("system", "human", "gpt")),
+                                               "category": r["domain"]} for r in records[10:16]]))
+    pq.write_table(pa.Table.from_pylist([{"messages": chat(r), "domain": r["domain"]} for r in records[16:]]),
+                   chats / "c.parquet")
+    a, b = (Manifest.load(prepare(config(d, {"paths": [str(d)], "unseen": {"fraction": 0.34}}))) for d in (plain, chats))
+    assert a.train == b.train and a.unseen == b.unseen and a.unseen_tasks == b.unseen_tasks
+    assert sum(s.rows for s in b.train.values()) + sum(s.rows for s in b.unseen.values()) == 24
+    assert b.dropped == {"multi_turn": 1, "wrong_type:messages": 2}
+    assert b.faults[0] == f"{chats / 'a.jsonl'}:11: multi_turn"
+    # A column named otherwise: named in the config, and only that name is read.
+    write_jsonl(chats / "a.jsonl", [{"chat": chat(r), "domain": r["domain"]} for r in records[:10]])
+    named = {"paths": [str(chats / "a.jsonl")], "unseen": {"fraction": 0.34}, "columns": {"messages": "chat"}}
+    assert sum(s.rows for s in Manifest.load(prepare(config(tmp_path / "named", named))).train.values()) > 0
+    conversations = {**named, "columns": {"messages": "conversations"}}
+    with pytest.raises(IngestError, match="no usable rows.*missing_column:instruction"):
+        prepare(config(tmp_path / "other", conversations))
+
+
 def test_columns_named_otherwise_are_named_in_the_error_and_mapped_by_the_config(ray_cluster, tmp_path):
     # Dolly's layout: the answer is "response", the input "context". The error used to say only
     # "no usable rows (dropped: {'missing_column:output': 24})".
