@@ -32,6 +32,7 @@ import math
 import os
 import random
 import re
+import socket
 import statistics
 import time
 from collections import Counter
@@ -337,6 +338,9 @@ def _records(chunk: dict):
     path, fmt = chunk["path"], chunk["fmt"]
     try:
         yield from _text_records(chunk) if fmt in TEXT_FORMATS else _table_records(chunk)
+    except FileNotFoundError:  # the driver listed it: this task runs on a node that lacks it
+        raise IngestError(f"{path}: no such file on {socket.gethostname()}, where a prepare task ran; on a "
+                          "cluster, corpus files must be in a folder every node mounts, as corpus.pool_dir") from None
     except (OSError, EOFError, pa.ArrowException) as e:  # a truncated or corrupt compressed file
         raise IngestError(f"{path}: not readable as {_codec(path) or fmt}: {e}") from None
 
@@ -396,6 +400,8 @@ def _table_records(chunk: dict):
             with pa.memory_map(path) as source:
                 table = pa.ipc.open_stream(source).read_all()
             offset = 0
+    except FileNotFoundError:
+        raise
     except Exception as e:
         raise IngestError(f"{path}: not readable as {fmt}: {e}") from None
     for i, record in enumerate(table.to_pylist(), offset + 1):

@@ -287,6 +287,22 @@ def test_a_parse_task_hands_on_a_large_chunk_in_parts(tmp_path, monkeypatch):
         list(ingest.parse({k: [v] for k, v in packed.items()}, columns, 4))
 
 
+@pytest.mark.parametrize("name", ["a.jsonl", "a.jsonl.gz", "a.csv", "a.parquet"])
+def test_a_file_a_prepare_task_cannot_find_says_where_files_must_be(tmp_path, name):
+    # On a cluster the driver lists the files and the parse runs on other nodes: a file only on
+    # the head is found by one and missing for the others.
+    from search import ingest
+
+    path = tmp_path / name
+    pq.write_table(pa.table({"instruction": ["a"], "output": ["b"]}), path)
+    cfg = config(tmp_path, {"paths": [str(path)], "unseen": {"fraction": 0.5}}).corpus.files
+    (chunk,) = ingest.chunks(ingest.list_files(cfg))
+    path.unlink()
+    with pytest.raises(IngestError, match=f"{path}: no such file on .*, where a prepare task ran; on a cluster, "
+                                          "corpus files must be in a folder every node mounts"):
+        list(ingest.parse({k: [v] for k, v in chunk.items()}, cfg.columns, 2))
+
+
 def test_chat_rows_give_the_pool_of_their_instruction_rows(ray_cluster, tmp_path):
     # OpenAI's messages (JSONL, Parquet) and ShareGPT's conversations (a JSON array), with and
     # without a system turn, against the same rows as instruction and output.
