@@ -2,7 +2,7 @@
 
     mixsearch config              print the default config (copy it, edit it)
     mixsearch prepare [CONFIG]    write (or reuse) the pool of a config
-    mixsearch run [CONFIG]        prepare if needed, search, write summary.json
+    mixsearch run [CONFIG]        prepare if needed, search, write summary.json (--dry-run: the plan)
     mixsearch report EXPERIMENT   what a search found (or, while it runs, has found), and plots
 """
 
@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="finish an interrupted experiment")
     run.add_argument("--start-from", metavar="EXPERIMENT",
                      help="a previous experiment (folder or summary.json): try its surrogate's proposals first")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check the config and its inputs and print what the run would do; start nothing")
 
     rep = verbs.add_parser("report", help="summarize an experiment, finished or running, and plot it")
     rep.add_argument("experiment", help="the experiment's folder (STORAGE_PATH/NAME)")
@@ -126,7 +128,11 @@ def _main(argv: list[str] | None) -> int:
                 print(f"  {line}")
             return 0
         cfg = load_config(args.config, _overrides(args))
-        from search.driver import Interrupted, run_search
+        from search.driver import Interrupted, describe_run, run_search
+
+        if args.dry_run:
+            print(describe_run(cfg, resume=args.resume, source=args.config or str(DEFAULT_CONFIG)))
+            return 0
 
         try:
             summary = run_search(cfg, resume=args.resume, source=args.config or str(DEFAULT_CONFIG))

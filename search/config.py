@@ -336,6 +336,18 @@ Number = Annotated[
 ]
 
 
+def _number_text(n: Number) -> str:
+    if isinstance(n, Range):
+        return f"{'log-uniform' if n.log else 'uniform'} in [{n.low:g}, {n.high:g}]"
+    if isinstance(n, Choices):
+        return "one of " + ", ".join(f"{c:g}" for c in n.choices)
+    return f"{n:g} (fixed)"
+
+
+def _mixture_text(weights: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{d}: {x:g}" for d, x in weights.items()) + "}"
+
+
 def _most(n: Number) -> float:
     return n.high if isinstance(n, Range) else max(n.choices) if isinstance(n, Choices) else n
 
@@ -418,6 +430,24 @@ class SpaceConfig(_Strict):
         names = ("num_instructions", "examples_per_instruction", "budget", "skew",
                  "learning_rate", "weight_decay", "warmup_fraction")
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
+    def describe(self) -> list[str]:
+        """One line per knob: what the search varies and how, and what it fixes."""
+        w = self.weights
+        if isinstance(w, Simplex):
+            over = "the pool's domains" if w.simplex == "all" else ", ".join(w.simplex)
+            weights = (f"uniform on the simplex over {over}"
+                       + (f", each kept domain at least {w.min_weight:g}" if w.min_weight else "")
+                       + (", domains may drop out" if w.dropout else ""))
+        elif isinstance(w, WeightChoices):
+            weights = f"one of {len(w.choices)}: " + "; ".join(_mixture_text(m) for m in w.choices)
+        else:
+            weights = f"{_mixture_text(w)} (fixed)"
+        lines = [f"weights: {weights}"]
+        lines += [f"{k}: {_number_text(v)}" for k, v in self.knobs().items()]
+        if self.examples_per_instruction is not None:
+            lines.append("num_instructions: budget // examples_per_instruction")
+        return lines
 
     def grid_points(self) -> int:
         """How many combinations a grid over this space runs (ranges count as one: a grid refuses them)."""
@@ -561,11 +591,15 @@ def _where(source: str, root: yaml.Node | None, loc: tuple[Any, ...], cli: dict[
 def key_location(source: str, key: tuple[str, ...], cli: dict[str, str] | None = None) -> str:
     """``file, line N, key a.b`` of a key of a config file, for checks made after it loaded
     (``command line --flag value, key a.b`` when ``cli`` says a flag set it)."""
+    return _where(source, _compose(source), key, cli)
+
+
+def _compose(source: str) -> yaml.Node | None:
+    """The YAML tree of a config file, for the lines of its keys (None if it cannot be read)."""
     try:
-        root = yaml.compose(Path(source).read_text(encoding="utf-8"))
+        return yaml.compose(Path(source).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        root = None
-    return _where(source, root, key, cli)
+        return None
 
 
 def setting_location(cfg: Config, source: str, key: tuple[str, ...]) -> str:
@@ -597,6 +631,7 @@ def _format(err: ValidationError, source: str, root: yaml.Node | None, cli: dict
 def check_space_against_pool(cfg: Config, pool_rules: dict[str, int], source: str, root=None) -> None:
     """Impossible searches: weights for domains the pool lacks, more instructions than it holds."""
     space = cfg.search.space
+    root = root if root is not None else _compose(source)  # checked against a prepared pool: read the lines
     key = ("search", "space", "weights") + (("simplex",) if isinstance(space.weights, Simplex) else ())
     missing = [d for d in space.weight_domains() if d not in pool_rules]
     if missing:

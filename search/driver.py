@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pyarrow as pa
 import pyarrow.fs as pafs
 import yaml
 
@@ -535,7 +536,10 @@ def previous_proposals(cfg: Config) -> list[dict[str, Any]]:
     """
     where = cfg.search.start_from
     path = where if where.endswith(".json") else f"{where.rstrip('/')}/{SUMMARY}"
-    fs, inner = pafs.FileSystem.from_uri(path) if is_uri(path) else (pafs.LocalFileSystem(), str(resolve(path)))
+    try:
+        fs, inner = pafs.FileSystem.from_uri(path) if is_uri(path) else (pafs.LocalFileSystem(), str(resolve(path)))
+    except (OSError, pa.ArrowException) as e:
+        raise ConfigError(f"search.start_from: cannot reach {where}: {e}") from None
     try:
         with fs.open_input_stream(inner) as f:
             summary = json.loads(f.read())
@@ -561,6 +565,69 @@ class Interrupted(RuntimeError):
     """The search ended before its trials did (Ctrl-C): the experiment is saved, not summarized."""
 
 
+def check_run(cfg: Config, *, resume: bool, source: str) -> tuple[pafs.FileSystem, str, str, bool]:
+    """Every check of a run that needs no Ray. Returns the experiment's filesystem, path and name
+    as shown, and whether the run resumes (``--resume`` with nothing to resume starts it)."""
+    try:
+        fs, exp, shown = experiment_location(cfg)
+    except (OSError, pa.ArrowException) as e:  # an unknown scheme, a bucket out of reach, no credentials
+        raise ConfigError(f"{setting_location(cfg, source, ('storage_path',))}: cannot reach "
+                          f"{cfg.storage_path}: {e}") from None
+    # Never overwrite an experiment. --resume finishes one, or starts it if the driver died
+    # before Tune wrote anything (so a retried job can always pass --resume).
+    if not resume and _has_content(fs, exp):
+        raise ConfigError(f"{shown}: {_existing(fs, exp, shown)}")
+    if resume and not _exists(fs, f"{exp}/tuner.pkl"):
+        log.info("nothing to resume at %s: starting the experiment", shown)
+        resume = False
+    if resume:
+        check_not_running(fs, exp, shown)
+        check_resumed_config(cfg, source)
+    if cfg.search.study_storage:
+        from search.study import expand_secrets
+
+        expand_secrets(cfg.search.study_storage)  # a missing variable
+    if cfg.search.start_from and not resume:
+        previous_proposals(cfg)  # a missing or empty previous experiment
+    check_inputs(cfg, source)  # a files corpus's missing files, an unloadable hub model, unwritable folders
+    return fs, exp, shown, resume
+
+
+def describe_run(cfg: Config, *, resume: bool = False, source: str = "config") -> str:
+    """What ``run_search`` would do with this config (``mixsearch run --dry-run``), once its
+    checks pass, and those against the pool too when the pool is already prepared. Starts no Ray
+    and writes nothing."""
+    from search.pool import MANIFEST, Manifest, pool_path
+
+    _, _, shown, resume = check_run(cfg, resume=resume, source=source)
+    pool = pool_path(cfg)
+    lines = [f"experiment: {shown} ({'resumed: its unfinished trials run' if resume else 'new'})"]
+    if (pool / MANIFEST).exists():
+        manifest = Manifest.load(pool)
+        cfg = with_pool_domains(cfg, manifest.domains, source)
+        check_space_against_pool(cfg, manifest.rules(), source)
+        check_rows_fit(cfg, pool, source)
+        lines.append(f"pool: {pool} (prepared: {sum(manifest.rules().values())} training instructions "
+                     f"in {len(manifest.domains)} domains)")
+    else:
+        lines.append(f"pool: {pool} (not prepared: the run prepares it first; the space is checked against it then)")
+    s, epochs = cfg.search, cfg.training.epochs
+    if s.algorithm == "grid":
+        trials, how = s.space.grid_points(), "grid: every combination once"
+    else:
+        trials, how = s.num_samples, f"TPE, seed {s.seed}"
+    cost = {"budget": "the data budget", "compute": "the examples trained"}.get(s.pareto or "")
+    objective = f"; two objectives: {METRIC} up, {cost} down" if cost else ""
+    lines.append(f"search: {how}, {trials} trials, {s.max_concurrent} at a time{objective}")
+    if s.start_from and not resume:
+        lines.append(f"first: the {len(previous_proposals(cfg))} proposals of {s.start_from}")
+    lines.append(f"training: at most {epochs} epochs a trial ({trials * epochs} in all); ASHA may stop a trial "
+                 f"after {min(s.grace_period, epochs)}, reduction factor {s.reduction_factor:g}")
+    r = cfg.resources_per_trial
+    lines.append(f"each trial: {r.cpu:g} CPU, {r.gpu:g} GPU, on {cfg.ray.address or 'a local Ray cluster'}")
+    return "\n".join(lines + ["space:"] + [f"  {line}" for line in s.space.describe()])
+
+
 def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> Summary:
     """Run (or, with resume, finish) the experiment of this config; return its summary.
 
@@ -571,25 +638,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
 
     from search.pool import Manifest, prepare
 
-    fs, exp, shown = experiment_location(cfg)
-    # Decide before touching Ray: never overwrite an experiment. --resume finishes one, or starts
-    # it if the driver died before Tune wrote anything (so a retried job can always pass --resume).
-    if not resume and _has_content(fs, exp):
-        raise ConfigError(f"{shown}: {_existing(fs, exp, shown)}")
-    if resume and not _exists(fs, f"{exp}/tuner.pkl"):
-        log.info("nothing to resume at %s: starting the experiment", shown)
-        resume = False
-    if resume:
-        check_not_running(fs, exp, shown)
-        check_resumed_config(cfg, source)
-
-    if cfg.search.study_storage:
-        from search.study import expand_secrets
-
-        expand_secrets(cfg.search.study_storage)  # a missing variable fails here, before Ray starts
-    if cfg.search.start_from and not resume:
-        previous_proposals(cfg)  # a missing or empty previous experiment fails here, before Ray starts
-    check_inputs(cfg, source)  # so do a files corpus's missing files, an unloadable hub model, unwritable folders
+    fs, exp, shown, resume = check_run(cfg, resume=resume, source=source)
     started = time.time()
     # torch and transformers take seconds to import and the driver needs them only to hand Tune
     # the trainable: import them while the local cluster starts (about 1.7 s less per search).

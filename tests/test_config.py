@@ -1,7 +1,8 @@
 """Each config error is caught before Ray starts, naming file, line and key."""
 
-import ray
 import pytest
+import ray
+import yaml
 
 from search.cli import main
 from search.config import ConfigError, load_config
@@ -173,7 +174,7 @@ def test_num_samples_given_to_a_grid_is_refused_not_ignored(tmp_path, capsys):
     data = yaml.safe_load(path.read_text())  # replace SMALL's ranges rather than merge into them
     data["search"]["space"].update(weights={"choices": [{"random": 1.0}, {"mirrored": 1.0}]},
                                    num_instructions={"choices": [4, 8, 16]}, learning_rate=0.003)
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     assert main(["run", str(path), "--num-samples", "5"]) == 2
     assert ("command line --num-samples 5, key search.num_samples: a grid runs each of its 6 combinations once"
             in capsys.readouterr().err)
@@ -238,6 +239,58 @@ def test_a_hub_model_that_cannot_be_loaded_is_one_line_before_ray(tmp_path, caps
     assert "HF_HUB_OFFLINE" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not ray.is_initialized()
     assert not (tmp_path / "results").exists() and not (tmp_path / "pools").exists()
+
+
+def test_dry_run_checks_a_run_and_prints_its_plan_and_starts_nothing(tmp_path, capsys):
+    grid = {"algorithm": "grid", "max_concurrent": 3, "space": {
+        "weights": {"choices": [{"random": 0.5, "mirrored": 0.5}, {"repeated": 1.0}]},
+        "num_instructions": {"choices": [10, 20, 30]}, "learning_rate": 0.003}}
+    path = write_config(tmp_path, {"search": grid, "resources_per_trial": {"cpu": 2}})
+    data = yaml.safe_load(path.read_text())
+    data["search"]["space"]["num_instructions"] = grid["space"]["num_instructions"]  # not merged into the range
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["run", str(path), "--dry-run", "--name", "g"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"experiment: {tmp_path / 'results' / 'g'} (new)"
+    assert out[1].startswith(f"pool: {tmp_path / 'pools'}/string_rewrite-") and "(not prepared" in out[1]
+    assert out[2:] == [
+        "search: grid: every combination once, 6 trials, 3 at a time",
+        "training: at most 2 epochs a trial (12 in all); ASHA may stop a trial after 1, reduction factor 3",
+        "each trial: 2 CPU, 0 GPU, on a local Ray cluster",
+        "space:",
+        "  weights: one of 2: {random: 0.5, mirrored: 0.5}; {repeated: 1}",
+        "  num_instructions: one of 10, 20, 30",
+        "  budget: 400 (fixed)",
+        "  skew: 0 (fixed)",
+        "  learning_rate: 0.003 (fixed)",
+    ]
+    assert not ray.is_initialized() and sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+    # TPE over the simplex, two objectives, a diversity knob that follows from the budget.
+    tpe = {"pareto": "budget", "seed": 7, "space": {
+        "weights": {"simplex": ["random", "periodic"], "min_weight": 0.1, "dropout": True},
+        "num_instructions": None, "examples_per_instruction": {"low": 14, "high": 40, "log": True}}}
+    assert main(["run", str(write_config(tmp_path, {"search": tpe})), "--dry-run", "--num-samples", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "search: TPE, seed 7, 5 trials, 2 at a time; two objectives: unseen_accuracy up, the data budget down" in out
+    assert "weights: uniform on the simplex over random, periodic, each kept domain at least 0.1, domains may drop out" in out
+    assert "examples_per_instruction: log-uniform in [14, 40]\n  budget: 400 (fixed)" in out
+    assert out.endswith("num_instructions: budget // examples_per_instruction\n")
+    # What a run refuses, a dry run refuses, the same way.
+    (tmp_path / "results" / "t").mkdir(parents=True)
+    (tmp_path / "results" / "t" / "tuner.pkl").write_bytes(b"")
+    assert main(["run", str(path), "--dry-run"]) == main(["run", str(path)]) == 2
+    first, second = capsys.readouterr().err.splitlines()
+    assert first == second and "unfinished" in first and "--resume" in first
+
+
+def test_a_storage_uri_that_cannot_be_reached_is_one_line_before_ray(tmp_path, capsys):
+    extra = {"storage_path": "s4://bucket/results", "search": {"study_storage": f"sqlite:///{tmp_path}/study.db"}}
+    assert main(["run", str(write_config(tmp_path, extra)), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and ", key storage_path: cannot reach s4://bucket/results: " in err
+    assert "Unrecognized filesystem type" in err and "Traceback" not in err and not ray.is_initialized()
+    assert main(["run", str(write_config(tmp_path)), "--start-from", "s4://bucket/results/a", "--dry-run"]) == 2
+    assert "search.start_from: cannot reach s4://bucket/results/a: " in capsys.readouterr().err
 
 
 def test_cli_num_samples_override(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from search.config import Config
 from search.ingest import IngestError, normalize
@@ -340,6 +341,36 @@ def test_chat_rows_give_the_pool_of_their_instruction_rows(ray_cluster, tmp_path
     conversations = {**named, "columns": {"messages": "conversations"}}
     with pytest.raises(IngestError, match="no usable rows.*missing_column:instruction"):
         prepare(config(tmp_path / "other", conversations))
+
+
+def test_a_dry_run_checks_the_space_against_a_prepared_pool(ray_cluster, tmp_path, capsys):
+    # A file corpus's domains and tasks are known once it is prepared: then a dry run checks the
+    # space against them, as the run would after preparing it.
+    import ray
+
+    from search.cli import main
+    from tests.conftest import write_config
+
+    write_jsonl(tmp_path / "c.jsonl", rows(6, 4))
+    files = {"source": "files", "files": {"paths": [str(tmp_path / "c.jsonl")], "unseen": {"fraction": 0.34}}}
+    path = write_config(tmp_path, {"corpus": files, "model": {"max_length": 256}})
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "(not prepared: " in out and "weights: uniform on the simplex over the pool's domains" in out
+    assert main(["prepare", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["run", str(path), "--dry-run"]) == 2
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if t.strip() == "high: 100")
+    assert (f"{path}, line {line}, key search.space.num_instructions.high: up to 100 distinct instructions asked, "
+            "but the weighted domains of the pool hold 4") in capsys.readouterr().err
+    data = yaml.safe_load(path.read_text())
+    data["search"]["space"]["num_instructions"] = {"low": 1, "high": 4}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "(prepared: 4 training instructions in 2 domains)" in out
+    assert "weights: uniform on the simplex over math, text\n" in out
+    assert ray.is_initialized() and not (tmp_path / "results").exists()
 
 
 def test_columns_named_otherwise_are_named_in_the_error_and_mapped_by_the_config(ray_cluster, tmp_path):
