@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import pyarrow as pa
@@ -29,6 +29,9 @@ from search.config import (
     Config, ConfigError, check_space_against_pool, is_uri, key_location, resolve, setting_location, storage_root,
     trial_setup, with_pool_domains,
 )
+
+if TYPE_CHECKING:
+    from search.pool import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -593,20 +596,30 @@ def check_run(cfg: Config, *, resume: bool, source: str) -> tuple[pafs.FileSyste
     return fs, exp, shown, resume
 
 
+def check_against_pool(cfg: Config, pool: Path, source: str) -> tuple[Config, Manifest]:
+    """The checks of a run that need its prepared pool (the space against its domains and
+    instructions, the rows against max_length). Returns ``cfg`` with ``{simplex: all}`` spelt
+    out as the pool's domains, and the pool's manifest."""
+    from search.pool import Manifest
+
+    manifest = Manifest.load(pool)
+    cfg = with_pool_domains(cfg, manifest.domains, source)
+    check_space_against_pool(cfg, manifest.rules(), source)
+    check_rows_fit(cfg, pool, source)
+    return cfg, manifest
+
+
 def describe_run(cfg: Config, *, resume: bool = False, source: str = "config") -> str:
     """What ``run_search`` would do with this config (``mixsearch run --dry-run``), once its
     checks pass, and those against the pool too when the pool is already prepared. Starts no Ray
     and writes nothing."""
-    from search.pool import MANIFEST, Manifest, pool_path
+    from search.pool import MANIFEST, pool_path
 
     _, _, shown, resume = check_run(cfg, resume=resume, source=source)
     pool = pool_path(cfg)
     lines = [f"experiment: {shown} ({'resumed: its unfinished trials run' if resume else 'new'})"]
     if (pool / MANIFEST).exists():
-        manifest = Manifest.load(pool)
-        cfg = with_pool_domains(cfg, manifest.domains, source)
-        check_space_against_pool(cfg, manifest.rules(), source)
-        check_rows_fit(cfg, pool, source)
+        cfg, manifest = check_against_pool(cfg, pool, source)
         lines.append(f"pool: {pool} (prepared: {sum(manifest.rules().values())} training instructions "
                      f"in {len(manifest.domains)} domains)")
     else:
@@ -636,7 +649,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from search.pool import Manifest, prepare
+    from search.pool import prepare
 
     fs, exp, shown, resume = check_run(cfg, resume=resume, source=source)
     started = time.time()
@@ -648,10 +661,8 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
         init_ray(cfg)
         _check_resources(cfg)
         pool = prepare(cfg)
-        manifest = Manifest.load(pool)
-        started_as, cfg = cfg, with_pool_domains(cfg, manifest.domains, source)
-        check_space_against_pool(cfg, manifest.rules(), source)
-        check_rows_fit(cfg, pool, source)
+        started_as = cfg
+        cfg, _ = check_against_pool(cfg, pool, source)
     finally:  # also on an error: exiting mid-import (torch) would add a traceback to its one line
         importer.join()
     from trainables.train import trainable  # re-raises here if the import failed in the thread
