@@ -142,9 +142,12 @@ class Unseen(_Strict):
 
 class FilesConfig(_Strict):
     """Instruction data from files: JSONL, JSON arrays, Parquet, CSV (globs and several files), or
-    a folder saved by Hugging Face ``datasets`` (``save_to_disk``)."""
+    a folder: one saved by Hugging Face ``datasets`` (``save_to_disk``), or a folder of data files
+    such as a Hub download. Of a folder that holds several splits, ``split`` is read."""
 
     paths: list[PathStr] = Field(min_length=1)
+    split: str = Field("train", pattern=r"^\w+(\.\w+)*$",
+                       description="the split read from a folder that holds several (files listed or globbed are read whole)")
     columns: Columns = Columns()
     domains: Domains = Domains()
     unseen: Unseen

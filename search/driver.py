@@ -176,9 +176,15 @@ def check_inputs(cfg: Config, source: str, *, run: bool = True) -> None:
     """What can be checked before Ray starts, beyond the config itself: a files corpus's files
     (its pool is named by their sizes and times), a hub model, and the folders written to (the
     pool's and, for a run, the experiments')."""
+    from search.ingest import IngestError
     from search.pool import pool_path
 
-    pool_path(cfg)
+    try:
+        pool_path(cfg)
+    except IngestError as e:
+        if e.key is None:
+            raise
+        raise ConfigError(f"{setting_location(cfg, source, e.key)}: {e}") from None
     check_model_source(cfg, source)
     folders = {("storage_path",): cfg.storage_path} if run else {}
     check_folders(cfg, source, {**folders, ("corpus", "pool_dir"): cfg.corpus.pool_dir})
@@ -618,6 +624,12 @@ def describe_run(cfg: Config, *, resume: bool = False, source: str = "config") -
     _, _, shown, resume = check_run(cfg, resume=resume, source=source)
     pool = pool_path(cfg)
     lines = [f"experiment: {shown} ({'resumed: its unfinished trials run' if resume else 'new'})"]
+    if cfg.corpus.source == "files":
+        from search.pool import corpus_files
+
+        notes: list[str] = []
+        files = corpus_files(cfg, notes)
+        lines.append(f"corpus: {len(files)} file{'s' * (len(files) != 1)}" + "".join(f"\n  {n}" for n in notes))
     if (pool / MANIFEST).exists():
         cfg, manifest = check_against_pool(cfg, pool, source)
         lines.append(f"pool: {pool} (prepared: {sum(manifest.rules().values())} training instructions "

@@ -26,6 +26,7 @@ import csv
 import glob
 import hashlib
 import io
+import itertools
 import json
 import logging
 import math
@@ -74,7 +75,15 @@ STAGE_SCHEMA = pa.schema([
 
 
 class IngestError(ConfigError):
-    """Input that cannot be prepared; the message names the file (and line)."""
+    """Input that cannot be prepared; the message names the file (and line), and ``key`` the
+    config key to change when there is one (the run then adds its file and line)."""
+
+    def __init__(self, message: str, key: tuple[str, ...] | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+SPLIT_KEY = ("corpus", "files", "split")
 
 
 def normalize(text: str) -> str:
@@ -88,24 +97,36 @@ def _digest(text: str) -> str:
 
 # ------------------------------------------------------------------ files and chunks
 
-def list_files(cfg: FilesConfig) -> list[tuple[str, str]]:
-    """(path, format) of every input file, globs expanded, in a stable order."""
+def list_files(cfg: FilesConfig, notes: list[str] | None = None, skip: tuple[Path, ...] = ()) -> list[tuple[str, str]]:
+    """(path, format) of every input file, globs expanded, in a stable order; of a folder, the
+    files of split ``cfg.split``; none under a folder of ``skip`` (absolute paths: the pool and
+    results folders, which may lie inside a corpus folder but are not corpus). ``notes`` receives
+    what the user should know: a folder's files of other splits, left out, and listed files
+    whose names say they are another split. A file is listed once, however many patterns match it."""
     out: list[tuple[str, str]] = []
     for pattern in cfg.paths:
         path = Path(os.path.expanduser(pattern))
         if path.is_dir():
-            out.extend(_dataset_dir(path))
+            files = _folder(path, cfg.split, notes, _inside(path, skip))
+            out.extend((str(p.resolve()), file_format(str(p))) for p in files)
             continue
         matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
         if not matches:
             raise IngestError(f"{pattern}: no such file")
+        fixed = Path(*itertools.takewhile(lambda part: not re.search(r"[*?[]", part), path.parts))
         for m in matches:
+            if _under(Path(m), _inside(fixed, skip)):
+                continue
             fmt = file_format(m)
             if fmt is None:
                 raise IngestError(f"{m}: unknown format (expected one of {sorted(FORMATS)}, "
                                   f"the text ones optionally compressed: {', '.join(COMPRESSIONS)})")
+            named = _split_in_name(Path(m).name)
+            if notes is not None and named not in (None, cfg.split):
+                notes.append(f"{m}: its name says split {named!r}, but it is listed in corpus.files.paths, "
+                             f"so its rows are read (give the folder to read only split {cfg.split!r})")
             out.append((str(Path(m).resolve()), fmt))
-    return out
+    return list(dict.fromkeys(out))  # a file two patterns match is read once
 
 
 def _codec(path: str) -> str | None:
@@ -165,17 +186,101 @@ def _size(path: str) -> int:
     return round(os.path.getsize(path) * out / read) if read else 0
 
 
-def _dataset_dir(path: Path) -> list[tuple[str, str]]:
-    """A folder written by ``datasets.Dataset.save_to_disk`` (Arrow stream files), or a folder of
-    data files."""
-    state = path / "state.json"
-    if state.is_file():
-        files = [f["filename"] for f in json.loads(state.read_text()).get("_data_files", [])]
-        return [(str((path / f).resolve()), "arrow") for f in files]
-    found = sorted(p for p in path.rglob("*") if file_format(str(p)) and p.name != "dataset_info.json")
+# Beside the data, datasets' save_to_disk and Hub downloads keep metadata, never rows.
+NOT_DATA = {"dataset_info.json", "dataset_infos.json", "dataset_dict.json", "state.json", "config.json"}
+# Split names in a folder's file and subfolder names, read as Hugging Face datasets reads them: a
+# Hub export's data/<split>-00000-of-00002.parquet; else a keyword between separators (-._ space,
+# digits) in a subfolder's name, else in a file's name ("train.jsonl", "my_test_1.csv").
+SHARDED = re.compile(r"(\w+(?:\.\w+)*)-\d{5}-of-\d{5}.*")
+SPLIT_KEYWORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "dev", "val"),
+                  "test": ("test", "testing", "eval", "evaluation")}
+_KEYWORD = {split: re.compile(rf"(?:^|[-._ 0-9])(?:{'|'.join(words)})(?:[-._ 0-9]|$)")
+            for split, words in SPLIT_KEYWORDS.items()}
+
+
+def _split_in_name(name: str) -> str | None:
+    """The split a file or folder name says (train, validation, test), if any."""
+    return next((split for split, rx in _KEYWORD.items() if rx.search(name)), None)
+
+
+def _splits(root: Path, files: list[Path]) -> dict[Path, str]:
+    """The split of each file of a folder whose names give splits (others are in none); empty
+    when the names give none, and then every file is the train split."""
+    rel = {f: f.relative_to(root) for f in files}
+    sharded = {f: m.group(1) for f, r in rel.items()
+               if len(r.parts) == 2 and r.parts[0] == "data" and (m := SHARDED.fullmatch(r.name))}
+    if sharded:
+        return sharded
+    for names in (lambda r: r.parts[:-1], lambda r: r.parts[-1:]):  # subfolders first, as datasets does
+        found = {f: s for f, r in rel.items() if (s := next(filter(None, map(_split_in_name, names(r))), None))}
+        if found:
+            return found
+    return {}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise IngestError(f"{path}: not readable as the datasets library writes it: {e}") from None
+
+
+def _saved(path: Path) -> list[Path]:
+    """The Arrow files of a folder written by ``datasets.Dataset.save_to_disk``."""
+    return [path / f["filename"] for f in _read_json(path / "state.json").get("_data_files", [])]
+
+
+def _count(n: int) -> str:
+    return f"{n} file{'s' * (n != 1)}"
+
+
+def _under(path: Path, folders: tuple[Path, ...]) -> bool:
+    return any(path.resolve().is_relative_to(f) for f in folders)
+
+
+def _inside(base: Path, folders: tuple[Path, ...]) -> tuple[Path, ...]:
+    """Those of ``folders`` strictly inside ``base`` (a pool_dir above the corpus skips nothing)."""
+    base = base.resolve()
+    return tuple(f for f in folders if f != base and f.is_relative_to(base))
+
+
+def _folder(path: Path, split: str, notes: list[str] | None, skip: tuple[Path, ...]) -> list[Path]:
+    """The data files of a folder: a saved ``datasets`` Dataset or DatasetDict (its ``split``), or
+    a folder of data files (a Hub download): those of ``split`` when their names give splits.
+    Hidden files and folders and the metadata in ``NOT_DATA`` are not data."""
+    if (path / "state.json").is_file():
+        return _saved(path)
+    dict_file = path / "dataset_dict.json"
+    if dict_file.is_file():
+        names = _read_json(dict_file).get("splits", [])
+        if split not in names:
+            raise IngestError(f"{path}: a saved DatasetDict with the splits {', '.join(names)}, none of them "
+                              f"{split!r}; choose one with corpus.files.split", key=SPLIT_KEY)
+        if notes is not None and len(names) > 1:
+            notes.append(f"{path}: reading its split {split!r} (corpus.files.split); left out: "
+                         f"{', '.join(n for n in names if n != split)}")
+        return _saved(path / split)
+    found = sorted(p for p in path.rglob("*") if p.is_file() and file_format(str(p)) and p.name not in NOT_DATA
+                   and not any(part.startswith((".", "__")) for part in p.relative_to(path).parts)
+                   and not _under(p, skip))
     if not found:
         raise IngestError(f"{path}: a folder with no data files (and no datasets state.json)")
-    return [(str(p.resolve()), file_format(str(p))) for p in found]
+    splits = _splits(path, found)
+    if not splits:
+        if split != "train":
+            raise IngestError(f"{path}: its file names give no splits, so its {_count(len(found))} are all split "
+                              f"'train', not {split!r} (corpus.files.split)", key=SPLIT_KEY)
+        return found
+    chosen = [p for p in found if splits.get(p) == split]
+    others = Counter(splits.get(p, "none") for p in found if splits.get(p) != split)
+    described = ", ".join(f"{s} ({_count(n)})" for s, n in sorted(others.items()))
+    if not chosen:
+        raise IngestError(f"{path}: no file of split {split!r} (corpus.files.split); its files are of the splits "
+                          f"{described}", key=SPLIT_KEY)
+    if notes is not None and others:
+        notes.append(f"{path}: reading the {_count(len(chosen))} of its split {split!r} (corpus.files.split); "
+                     f"left out: {described}")
+    return chosen
 
 
 def chunks(files: list[tuple[str, str]]) -> list[dict]:
@@ -700,12 +805,12 @@ def _domain_name(name: str) -> str:
     return re.sub(r"[/\\=]", "-", name.strip()) or "none"
 
 
-def prepare_files(cfg: FilesConfig, tmp: Path, pool_schema: pa.Schema, model: dict) -> Prepared:
-    """Read, clean, tokenize (with ``model``'s tokenizer), split and write a files corpus under
-    ``tmp`` (train/ and unseen/)."""
+def prepare_files(cfg: FilesConfig, files: list[tuple[str, str]], tmp: Path, pool_schema: pa.Schema,
+                  model: dict) -> Prepared:
+    """Read, clean, tokenize (with ``model``'s tokenizer), split and write a files corpus (its
+    ``files``, from ``list_files``) under ``tmp`` (train/ and unseen/)."""
     import ray
 
-    files = list_files(cfg)
     total = sum(_size(p) for p, _ in files)
     if total == 0:
         raise IngestError(f"{', '.join(cfg.paths)}: the corpus is empty (0 bytes)")

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from search import corpus
-from search.config import Config, resolve
+from search.config import Config, is_uri, resolve
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +116,10 @@ def spec_hash(cfg: Config) -> str:
     modification times, so an edited file makes a new pool). A files corpus whose files or task
     list are missing fails here, with an ``IngestError``."""
     if cfg.corpus.source == "files":
-        from search.ingest import IngestError, list_files
+        from search.ingest import IngestError
 
         fc = cfg.corpus.files
-        stamps = [(p, os.path.getsize(p), os.stat(p).st_mtime_ns) for p, _ in list_files(fc)]
+        stamps = [(p, os.path.getsize(p), os.stat(p).st_mtime_ns) for p, _ in corpus_files(cfg)]
         if fc.unseen.tasks_file:
             t = os.path.expanduser(fc.unseen.tasks_file)
             if not os.path.isfile(t):
@@ -135,6 +135,16 @@ def spec_hash(cfg: Config) -> str:
             "generator_version": corpus.GENERATOR_VERSION,
         }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def corpus_files(cfg: Config, notes: list[str] | None = None) -> list[tuple[str, str]]:
+    """(path, format) of the files of a files corpus (``ingest.list_files``), never those under
+    the pool_dir or a local storage_path: a pool or results written inside the corpus folder are
+    not corpus."""
+    from search.ingest import list_files
+
+    skip = [resolve(cfg.corpus.pool_dir)] + ([] if is_uri(cfg.storage_path) else [resolve(cfg.storage_path)])
+    return list_files(cfg.corpus.files, notes, tuple(skip))
 
 
 def pool_path(cfg: Config) -> Path:
@@ -248,7 +258,11 @@ def _write_files(cfg: Config, tmp: Path, want: str) -> Manifest:
     from search.ingest import prepare_files
 
     fc = cfg.corpus.files
-    done = prepare_files(fc, tmp, TOKEN_SCHEMA, cfg.model.model_dump())
+    notes: list[str] = []
+    files = corpus_files(cfg, notes)
+    for note in notes:
+        log.warning("%s", note)
+    done = prepare_files(fc, files, tmp, TOKEN_SCHEMA, cfg.model.model_dump())
     for scratch in ("_stage", "_clean"):
         shutil.rmtree(tmp / scratch, ignore_errors=True)
     for split in SPLITS:  # an empty split still has its folder, so readers find it

@@ -40,6 +40,19 @@ def write_jsonl(path: Path, records: list, extra_lines: list[bytes] = ()) -> Pat
     return path
 
 
+def save_to_disk(folder: Path, records: list) -> Path:
+    """The layout datasets.Dataset.save_to_disk writes (checked against datasets 5.2): Arrow
+    stream files named in state.json, beside dataset_info.json."""
+    folder.mkdir(parents=True)
+    table = pa.Table.from_pylist(records)
+    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}],
+                                                   "_split": None}))
+    (folder / "dataset_info.json").write_text("{}")
+    return folder
+
+
 def leftovers(tmp: Path) -> list[str]:
     pools = tmp / "pools"
     return sorted(p.name for p in pools.iterdir()) if pools.exists() else []
@@ -95,19 +108,132 @@ def test_every_format_and_a_datasets_folder_give_the_same_pool(ray_cluster, tmp_
         w.writeheader()
         w.writerows(records[18:])
     by_format = prepare(config(tmp_path, {"paths": [str(tmp_path / "in" / "*")], "unseen": {"fraction": 0.34}}))
-    # The layout datasets.Dataset.save_to_disk writes: Arrow stream files named in state.json.
-    hf = tmp_path / "hf"
-    hf.mkdir()
-    table = pa.Table.from_pylist(records)
-    with pa.OSFile(str(hf / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    (hf / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
-    (hf / "dataset_info.json").write_text("{}")
+    hf = save_to_disk(tmp_path / "hf", records)
     from_hf = prepare(config(tmp_path / "x", {"paths": [str(hf)], "unseen": {"fraction": 0.34}}))
     a, b = Manifest.load(by_format), Manifest.load(from_hf)
     assert a.train == b.train and a.unseen == b.unseen and a.unseen_tasks == b.unseen_tasks
     assert sum(s.rows for s in a.train.values()) + sum(s.rows for s in a.unseen.values()) == 24
     assert sum(s.instructions for s in a.unseen.values()) == 2  # a third of each domain's 3 tasks
+
+
+def test_a_folder_with_splits_gives_the_pool_of_its_train_split(ray_cluster, tmp_path):
+    # What users download: a DatasetDict saved with save_to_disk, and a Hub dataset's folder
+    # (data/<split>-00000-of-0000N.parquet, a README and the download cache's metadata). Their
+    # test split (other tasks, other rows) must not reach the pool.
+    train, test = rows(6, 4), [{**r, "instruction": "Held " + r["instruction"]} for r in rows(4, 2)]
+    write_jsonl(tmp_path / "train.jsonl", train)
+    want = Manifest.load(prepare(config(tmp_path / "j", {"paths": [str(tmp_path / "train.jsonl")],
+                                                         "unseen": {"fraction": 0.34}})))
+    saved = tmp_path / "saved"
+    save_to_disk(saved / "train", train)
+    save_to_disk(saved / "test", test)
+    (saved / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    hub = tmp_path / "hub"
+    (hub / "data").mkdir(parents=True)
+    (hub / ".cache" / "huggingface").mkdir(parents=True)
+    for i, part in enumerate((train[:10], train[10:])):
+        pq.write_table(pa.Table.from_pylist(part), hub / "data" / f"train-0000{i}-of-00002.parquet")
+    pq.write_table(pa.Table.from_pylist(test), hub / "data" / "test-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(test), hub / ".cache" / "huggingface" / "test.parquet")
+    (hub / "README.md").write_text("---\nlicense: mit\n---\n")
+    for name, folder in (("s", saved), ("h", hub)):
+        got = Manifest.load(prepare(config(tmp_path / name, {"paths": [str(folder)], "unseen": {"fraction": 0.34}})))
+        assert (got.train, got.unseen, got.unseen_tasks) == (want.train, want.unseen, want.unseen_tasks), name
+
+
+def _files(folder: Path, split: str = "train") -> tuple[list[str], list[str]]:
+    from search.ingest import list_files
+
+    notes: list[str] = []
+    files = list_files(config(folder, {"paths": [str(folder)], "split": split, "unseen": {"fraction": 0.5}}).corpus.files,
+                       notes)
+    return [str(Path(p).relative_to(folder)) for p, _ in files], notes
+
+
+@pytest.mark.parametrize("layout, split, read, left_out", [
+    (["a.jsonl", "b/c.csv"], "train", ["a.jsonl", "b/c.csv"], None),  # no split names: all are train
+    (["train.jsonl", "test.jsonl", "my_valid_1.jsonl", "extra.jsonl"], "train", ["train.jsonl"],
+     "none (1 file), test (1 file), validation (1 file)"),
+    (["train.jsonl", "test.jsonl", "my_valid_1.jsonl"], "validation", ["my_valid_1.jsonl"], "test (1 file), train (1 file)"),
+    (["training/a.jsonl", "eval/train.jsonl"], "train", ["training/a.jsonl"], "test (1 file)"),  # folders first
+    (["data/train_sft-00000-of-00001.parquet", "data/test_sft-00000-of-00001.parquet", "contest.jsonl"],
+     "train_sft", ["data/train_sft-00000-of-00001.parquet"], "none (1 file), test_sft (1 file)"),
+    ([".cache/x.jsonl", "__pycache__/y.json", "config.json", "a.jsonl"], "train", ["a.jsonl"], None),
+])
+def test_a_folder_reads_the_split_its_names_give(tmp_path, layout, split, read, left_out):
+    for name in layout:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    files, notes = _files(tmp_path, split)
+    assert files == read
+    assert notes == ([] if left_out is None else
+                     [f"{tmp_path}: reading the {len(read)} file{'s' * (len(read) > 1)} of its split {split!r} "
+                      f"(corpus.files.split); left out: {left_out}"])
+
+
+def test_the_pool_and_results_inside_a_corpus_folder_are_not_corpus(tmp_path):
+    from search.pool import corpus_files
+
+    for name in ("a.jsonl", "pools/files-0123/train/domain=math/bucket-00000.parquet", "results/x/progress.csv",
+                 "results/x/params.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    cfg = config(tmp_path, {"paths": [str(tmp_path), str(tmp_path / "**" / "*.csv")], "unseen": {"fraction": 0.5}})
+    assert corpus_files(cfg.model_copy(update={"storage_path": str(tmp_path / "results")})) == [
+        (str(tmp_path / "a.jsonl"), "jsonl")]
+    # A folder above the corpus (here the storage path) hides nothing of it.
+    above = corpus_files(cfg.model_copy(update={"storage_path": str(tmp_path.parent)}))
+    assert [Path(p).relative_to(tmp_path).as_posix() for p, _ in above] == [
+        "a.jsonl", "results/x/params.json", "results/x/progress.csv"]  # once, though two patterns match it
+
+
+def test_a_split_a_folder_lacks_is_an_error_naming_its_splits(tmp_path, capsys):
+    from search import ingest
+
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    for name in ("train-00000-of-00001.parquet", "test-00000-of-00001.parquet"):
+        (tmp_path / "hub" / "data" / name).write_text("")
+    with pytest.raises(IngestError, match=r"hub: no file of split 'validation' \(corpus.files.split\); its files "
+                                          r"are of the splits test \(1 file\), train \(1 file\)") as e:
+        _files(tmp_path / "hub", "validation")
+    assert e.value.key == ingest.SPLIT_KEY
+    # A run or prepare says so before Ray, with the config's file, line and key.
+    from search.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"corpus": {"source": "files", "pool_dir": str(tmp_path / "pools"), "files": {
+        "paths": [str(tmp_path / "hub")], "split": "validation", "unseen": {"fraction": 0.5}}}}, sort_keys=False))
+    line = cfg.read_text().splitlines().index("    split: validation") + 1
+    assert main(["prepare", str(cfg)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {cfg}, line {line}, key corpus.files.split: {tmp_path / 'hub'}: "
+                                              "no file of split 'validation'")
+    assert not (tmp_path / "pools").exists()
+    data = yaml.safe_load(cfg.read_text())
+    data["corpus"]["files"]["split"] = "train"
+    cfg.write_text(yaml.safe_dump({**data, "storage_path": str(tmp_path / "results")}))
+    assert main(["run", str(cfg), "--dry-run"]) == 0
+    assert (f"corpus: 1 file\n  {tmp_path / 'hub'}: reading the 1 file of its split 'train' (corpus.files.split); "
+            "left out: test (1 file)\n") in capsys.readouterr().out
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "a.jsonl").write_text("")
+    with pytest.raises(IngestError, match="plain: its file names give no splits, so its 1 file are all split 'train', "
+                                          "not 'test'"):
+        _files(tmp_path / "plain", "test")
+    saved = tmp_path / "saved"
+    save_to_disk(saved / "train", rows(1, 1))
+    (saved / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))
+    assert _files(saved) == (["train/data-00000-of-00001.arrow"], [])
+    with pytest.raises(IngestError, match="saved: a saved DatasetDict with the splits train, none of them 'test'"):
+        _files(saved, "test")
+    # Files listed or globbed are read as given; one named as another split is pointed out.
+    from search.ingest import list_files
+
+    notes: list[str] = []
+    glob = str(tmp_path / "hub" / "data" / "*.parquet")
+    listed = list_files(config(tmp_path, {"paths": [glob], "unseen": {"fraction": 0.5}}).corpus.files, notes)
+    assert len(listed) == 2 and notes == [f"{tmp_path / 'hub/data/test-00000-of-00001.parquet'}: its name says split "
+                                          "'test', but it is listed in corpus.files.paths, so its rows are read "
+                                          "(give the folder to read only split 'train')"]
 
 
 def test_bad_rows_are_counted_with_file_and_line_or_refused_when_strict(ray_cluster, tmp_path):
@@ -249,7 +375,8 @@ def test_compressed_files_give_the_same_pool_and_a_truncated_one_is_named(ray_cl
     (packed / "b.json.bz2").write_bytes(bz2.compress((plain / "b.json").read_bytes()))
     with pa.CompressedOutputStream(str(packed / "c.csv.zst"), "zstd") as out:
         out.write((plain / "c.csv").read_bytes())
-    a, b = (Manifest.load(prepare(config(d, {"paths": [str(d)], "unseen": {"fraction": 0.34}}))) for d in (plain, packed))
+    a, b = (Manifest.load(prepare(config(tmp_path / f"{d.name}-out", {"paths": [str(d)], "unseen": {"fraction": 0.34}})))
+            for d in (plain, packed))
     assert a.train == b.train and a.unseen == b.unseen and a.unseen_tasks == b.unseen_tasks
     assert sum(s.rows for s in b.train.values()) + sum(s.rows for s in b.unseen.values()) == 24
     assert b.dropped == {"malformed_json": 1} and b.faults == [f"{packed / 'a.jsonl.gz'}:13: malformed_json"]
@@ -357,6 +484,7 @@ def test_a_dry_run_checks_the_space_against_a_prepared_pool(ray_cluster, tmp_pat
     assert main(["run", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "(not prepared: " in out and "weights: uniform on the simplex over the pool's domains" in out
+    assert "corpus: 1 file\n" in out
     assert main(["prepare", str(path)]) == 0
     capsys.readouterr()
     assert main(["run", str(path), "--dry-run"]) == 2
