@@ -152,7 +152,8 @@ class FilesConfig(_Strict):
     domains: Domains = Domains()
     unseen: Unseen
     strict: bool = Field(False, description="a bad row is an error instead of a counted skip")
-    prompt: str = Field("{instruction}\n{input}\n", description="how instruction and input make the prompt")
+    prompt: str = Field("{instruction}\n{input}\n", description="how instruction and input make the prompt; "
+                        "chat: the pretrained model's chat template, with them as one user turn")
     truncate: bool = Field(False, description="cut rows longer than model.max_length instead of dropping them")
     seed: int = 0
 

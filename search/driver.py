@@ -150,6 +150,23 @@ def check_model_source(cfg: Config, source: str) -> None:
     )
 
 
+def check_chat_template(cfg: Config, source: str) -> None:
+    """``prompt: chat`` needs a pretrained tokenizer with a chat template: say so before Ray,
+    rather than in every prepare task."""
+    files = cfg.corpus.files
+    if cfg.corpus.source != "files" or files.prompt != "chat":
+        return
+    where = setting_location(cfg, source, ("corpus", "files", "prompt"))
+    if not cfg.model.pretrained:
+        raise ConfigError(f"{where}: chat renders rows with the model's chat template, and the tiny model's "
+                          "character tokenizer has none: give model.pretrained, or a prompt template")
+    from trainables.tokenizer import load_tokenizer
+
+    if not getattr(load_tokenizer(cfg.model.model_dump()), "chat_template", None):
+        raise ConfigError(f"{where}: the tokenizer of {cfg.model.pretrained} has no chat template (a base "
+                          "model?): give a prompt template instead, e.g. \"{instruction}\\n{input}\\n\"")
+
+
 def _unwritable(folder: Path) -> str | None:
     """Why ``folder`` could not be made or written to (None: it could), without making it."""
     existing = folder
@@ -174,8 +191,8 @@ def check_folders(cfg: Config, source: str, folders: dict[tuple[str, ...], str])
 
 def check_inputs(cfg: Config, source: str, *, run: bool = True) -> None:
     """What can be checked before Ray starts, beyond the config itself: a files corpus's files
-    (its pool is named by their sizes and times), a hub model, and the folders written to (the
-    pool's and, for a run, the experiments')."""
+    (its pool is named by their sizes and times), a hub model and its chat template when the
+    prompt is ``chat``, and the folders written to (the pool's and, for a run, the experiments')."""
     from search.ingest import IngestError
     from search.pool import pool_path
 
@@ -186,6 +203,7 @@ def check_inputs(cfg: Config, source: str, *, run: bool = True) -> None:
             raise
         raise ConfigError(f"{setting_location(cfg, source, e.key)}: {e}") from None
     check_model_source(cfg, source)
+    check_chat_template(cfg, source)
     folders = {("storage_path",): cfg.storage_path} if run else {}
     check_folders(cfg, source, {**folders, ("corpus", "pool_dir"): cfg.corpus.pool_dir})
 

@@ -570,8 +570,8 @@ def clean(stage: str, bucket: int, out: str, tokens: dict) -> dict:
 
 def _tokens(table: pa.Table, tokens: dict) -> tuple[pa.Table, int]:
     """Append ``ids`` and ``prompt_len``; drop rows over max_length, or cut their prompts to fit
-    (keeping its start) when ``truncate`` is set and the answer alone fits."""
-    from trainables.tokenizer import load_tokenizer, tokenize
+    (keeping its start, and a chat template's end) when ``truncate`` is set and the answer fits."""
+    from trainables.tokenizer import load_tokenizer, prompt_tail, tokenize
 
     model = tokens["model"]
     limit = model["max_length"]
@@ -579,6 +579,7 @@ def _tokens(table: pa.Table, tokens: dict) -> tuple[pa.Table, int]:
     # on top of that only makes them fight (set before the pool first starts in this process).
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
     tokenizer = load_tokenizer(model)
+    tail = prompt_tail(tokenizer, tokens["prompt"])
     parts, dropped = [], 0
     # In slices (Python lists of ids are big); an empty table is one empty slice.
     for start in range(0, max(table.num_rows, 1), TOKENIZE_ROWS):
@@ -588,8 +589,8 @@ def _tokens(table: pa.Table, tokens: dict) -> tuple[pa.Table, int]:
         keep = []
         for i, (seq, n) in enumerate(zip(seqs, prompt_lens)):
             over = len(seq) - limit
-            if over > 0 and tokens["truncate"] and n - over >= 1:
-                seqs[i], prompt_lens[i] = seq[: n - over] + seq[n:], n - over
+            if over > 0 and tokens["truncate"] and n - over - tail >= 1:
+                seqs[i], prompt_lens[i] = seq[: n - over - tail] + seq[n - tail:], n - over
                 over = 0
             keep.append(over <= 0)
         part = part.append_column("ids", pa.array(seqs, pa.list_(pa.int32())))

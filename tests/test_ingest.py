@@ -574,6 +574,70 @@ def test_too_long_rows_are_dropped_or_truncated(ray_cluster, tmp_path):
         assert text(r["ids"][1:r["prompt_len"]]) == f"{r['instruction']}|{r['input']}="[: r["prompt_len"] - 1]
 
 
+# A ChatML-like template with a system turn, as instruct models ship; characters only, so the
+# character tokenizer reads it.
+CHAT_TEMPLATE = ("<|system|>\nBe brief.<|end|>\n{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n"
+                 "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_model_dir(tmp_path_factory):
+    from trainables.model import build_model, save
+    from trainables.tokenizer import char_tokenizer
+
+    path = tmp_path_factory.mktemp("chat") / "tiny-chat"
+    tok = char_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    save(build_model({"n_layer": 1, "n_embd": 32, "n_head": 2}, 32, tok), tok, path)
+    return path
+
+
+def test_chat_prompts_use_the_models_template_and_truncation_keeps_its_end(ray_cluster, tmp_path, chat_model_dir):
+    from trainables.tokenizer import load_tokenizer
+
+    recs = rows(4, 2) + [{"instruction": "long " * 30 + "task", "input": "i", "output": "short", "domain": "math"}]
+    write_jsonl(tmp_path / "c.jsonl", recs)
+    files = {"paths": [str(tmp_path / "c.jsonl")], "unseen": {"domains": ["text"]}, "prompt": "chat", "truncate": True}
+    cfg = Config.model_validate({"corpus": {"source": "files", "pool_dir": str(tmp_path / "pools"), "files": files},
+                                 "model": {"pretrained": str(chat_model_dir), "max_length": 96}})
+    table = read_split(prepare(cfg), "train")
+    tok = load_tokenizer(cfg.model.model_dump())  # reloaded from the directory: its template was saved
+
+    def text(ids):
+        return "".join(tok.convert_ids_to_tokens(ids))
+
+    head, tail = "<|system|>\nBe brief.<|end|>\n<|user|>\n", "<|end|>\n<|assistant|>\n"
+    for r in table.to_pylist():  # no BOS of our own: the template's text starts the row
+        prompt, answer = text(r["ids"][:r["prompt_len"]]), text(r["ids"][r["prompt_len"]:])
+        assert answer == r["output"] + "<eos>"
+        user = f"{r['instruction']}\n{r['input']}"
+        if r["instruction"].startswith("long"):  # cut to 96 tokens inside the user's text, the template's end kept
+            kept = prompt.removeprefix(head).removesuffix(tail)
+            assert len(r["ids"]) == 96 and prompt == head + kept + tail and user.startswith(kept) and len(kept) > 10
+        else:
+            assert prompt == head + user + tail
+    assert table.num_rows == 5
+
+
+def test_a_chat_prompt_without_a_chat_template_is_an_error_before_ray(tmp_path, capsys, pretrained_dir):
+    from search.cli import main
+
+    write_jsonl(tmp_path / "c.jsonl", rows(4, 2))
+    for name, model, why in (("tiny", {}, "the tiny model's character tokenizer has none"),
+                             ("base", {"pretrained": str(pretrained_dir), "max_length": 64},
+                              f"the tokenizer of {pretrained_dir} has no chat template")):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"model": model, "corpus": {
+            "source": "files", "pool_dir": str(tmp_path / "pools"),
+            "files": {"paths": [str(tmp_path / "c.jsonl")], "prompt": "chat", "unseen": {"fraction": 0.5}}}},
+            sort_keys=False))
+        line = path.read_text().splitlines().index("    prompt: chat") + 1
+        assert main(["prepare", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path}, line {line}, key corpus.files.prompt: ") and why in err, err
+    assert not (tmp_path / "pools").exists()
+
+
 @pytest.mark.slow
 def test_a_search_on_a_file_corpus_end_to_end(tmp_path):
     import ray

@@ -12,6 +12,9 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 PROMPT = "{instruction}|{input}="
+# As a prompt: the model's own chat template, with the instruction and input as one user turn.
+CHAT = "chat"
+_CONTENT = "<<mixsearch: the user's text>>"
 SPECIALS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<bos>", "eos_token": "<eos>"}
 # Printable ASCII plus tab and newline: enough for the built-in corpus and English text.
 CHARS = [chr(i) for i in range(32, 127)] + ["\t", "\n"]
@@ -59,12 +62,37 @@ def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+def chat_prompts(tokenizer, contents: list[str]) -> list[str]:
+    """Each text as a user turn in the tokenizer's chat template, up to the assistant's answer."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{tokenizer.name_or_path or 'the tokenizer'}: no chat template, which prompt: chat needs")
+    if not contents:
+        return []
+    return tokenizer.apply_chat_template([[{"role": "user", "content": c}] for c in contents], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def prompt_tail(tokenizer, prompt: str) -> int:
+    """Tokens at the end of every prompt that truncation keeps: with ``chat``, what the template
+    puts after the user's text (the end of the turn, the assistant's header); else none."""
+    if prompt != CHAT:
+        return 0
+    (rendered,) = chat_prompts(tokenizer, [_CONTENT])
+    if _CONTENT not in rendered:  # a template that rewrites the user's text: cut at the end, as for others
+        return 0
+    return len(_ids(tokenizer, [rendered.rsplit(_CONTENT, 1)[1]])[0])
+
+
 def tokenize(instructions: list[str], inputs: list[str], outputs: list[str], tokenizer,
              prompt: str = PROMPT) -> tuple[list[list[int]], list[int]]:
-    """``<bos> prompt answer <eos>`` token ids of each row, and the length of its prompt part."""
-    prompts = [prompt.format(instruction=i, input=x) for i, x in zip(instructions, inputs)]
+    """``<bos> prompt answer <eos>`` token ids of each row, and the length of its prompt part.
+    With ``prompt`` ``chat``, the prompt is the chat template's (which places any BOS itself)."""
+    if prompt == CHAT:
+        prompts = chat_prompts(tokenizer, [f"{i}\n{x}" if x else i for i, x in zip(instructions, inputs)])
+    else:
+        prompts = [prompt.format(instruction=i, input=x) for i, x in zip(instructions, inputs)]
     p_ids, a_ids = _ids(tokenizer, prompts), _ids(tokenizer, outputs)
     # Tokenizers without a BOS token (many pretrained ones) start at the prompt.
-    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    bos = [] if tokenizer.bos_token_id is None or prompt == CHAT else [tokenizer.bos_token_id]
     eos = tokenizer.eos_token_id
     return [[*bos, *p, *a, eos] for p, a in zip(p_ids, a_ids)], [len(bos) + len(p) for p in p_ids]
