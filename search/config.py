@@ -140,6 +140,10 @@ class Unseen(_Strict):
         return self
 
 
+# As a files corpus's prompt: the pretrained model's own chat template (trainables.tokenizer).
+CHAT_PROMPT = "chat"
+
+
 class FilesConfig(_Strict):
     """Instruction data from files: JSONL, JSON arrays, Parquet, CSV (globs and several files), or
     a folder: one saved by Hugging Face ``datasets`` (``save_to_disk``), or a folder of data files

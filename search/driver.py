@@ -26,8 +26,8 @@ import pyarrow.fs as pafs
 import yaml
 
 from search.config import (
-    Config, ConfigError, check_space_against_pool, is_uri, key_location, resolve, setting_location, storage_root,
-    trial_setup, with_pool_domains,
+    CHAT_PROMPT, Config, ConfigError, check_space_against_pool, is_uri, key_location, resolve, setting_location,
+    storage_root, trial_setup, with_pool_domains,
 )
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ def check_chat_template(cfg: Config, source: str) -> None:
     """``prompt: chat`` needs a pretrained tokenizer with a chat template: say so before Ray,
     rather than in every prepare task."""
     files = cfg.corpus.files
-    if cfg.corpus.source != "files" or files.prompt != "chat":
+    if cfg.corpus.source != "files" or files.prompt != CHAT_PROMPT:
         return
     where = setting_location(cfg, source, ("corpus", "files", "prompt"))
     if not cfg.model.pretrained:
@@ -643,11 +643,12 @@ def describe_run(cfg: Config, *, resume: bool = False, source: str = "config") -
     pool = pool_path(cfg)
     lines = [f"experiment: {shown} ({'resumed: its unfinished trials run' if resume else 'new'})"]
     if cfg.corpus.source == "files":
+        from search.ingest import count_files
         from search.pool import corpus_files
 
         notes: list[str] = []
         files = corpus_files(cfg, notes)
-        lines.append(f"corpus: {len(files)} file{'s' * (len(files) != 1)}" + "".join(f"\n  {n}" for n in notes))
+        lines.append(f"corpus: {count_files(len(files))}" + "".join(f"\n  {n}" for n in notes))
     if (pool / MANIFEST).exists():
         cfg, manifest = check_against_pool(cfg, pool, source)
         lines.append(f"pool: {pool} (prepared: {sum(manifest.rules().values())} training instructions "

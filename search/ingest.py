@@ -114,8 +114,9 @@ def list_files(cfg: FilesConfig, notes: list[str] | None = None, skip: tuple[Pat
         if not matches:
             raise IngestError(f"{pattern}: no such file")
         fixed = Path(*itertools.takewhile(lambda part: not re.search(r"[*?[]", part), path.parts))
+        skipped = _inside(fixed, skip)
         for m in matches:
-            if _under(Path(m), _inside(fixed, skip)):
+            if _under(Path(m), skipped):
                 continue
             fmt = file_format(m)
             if fmt is None:
@@ -230,7 +231,8 @@ def _saved(path: Path) -> list[Path]:
     return [path / f["filename"] for f in _read_json(path / "state.json").get("_data_files", [])]
 
 
-def _count(n: int) -> str:
+def count_files(n: int) -> str:
+    """"1 file", "2 files"."""
     return f"{n} file{'s' * (n != 1)}"
 
 
@@ -268,17 +270,17 @@ def _folder(path: Path, split: str, notes: list[str] | None, skip: tuple[Path, .
     splits = _splits(path, found)
     if not splits:
         if split != "train":
-            raise IngestError(f"{path}: its file names give no splits, so its {_count(len(found))} are all split "
+            raise IngestError(f"{path}: its file names give no splits, so its {count_files(len(found))} are all split "
                               f"'train', not {split!r} (corpus.files.split)", key=SPLIT_KEY)
         return found
     chosen = [p for p in found if splits.get(p) == split]
     others = Counter(splits.get(p, "none") for p in found if splits.get(p) != split)
-    described = ", ".join(f"{s} ({_count(n)})" for s, n in sorted(others.items()))
+    described = ", ".join(f"{s} ({count_files(n)})" for s, n in sorted(others.items()))
     if not chosen:
         raise IngestError(f"{path}: no file of split {split!r} (corpus.files.split); its files are of the splits "
                           f"{described}", key=SPLIT_KEY)
     if notes is not None and others:
-        notes.append(f"{path}: reading the {_count(len(chosen))} of its split {split!r} (corpus.files.split); "
+        notes.append(f"{path}: reading the {count_files(len(chosen))} of its split {split!r} (corpus.files.split); "
                      f"left out: {described}")
     return chosen
 

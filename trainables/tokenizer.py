@@ -11,9 +11,9 @@ import os
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from search.config import CHAT_PROMPT as CHAT
+
 PROMPT = "{instruction}|{input}="
-# As a prompt: the model's own chat template, with the instruction and input as one user turn.
-CHAT = "chat"
 _CONTENT = "<<mixsearch: the user's text>>"
 SPECIALS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<bos>", "eos_token": "<eos>"}
 # Printable ASCII plus tab and newline: enough for the built-in corpus and English text.
