@@ -151,7 +151,8 @@ class FilesConfig(_Strict):
 
     paths: list[PathStr] = Field(min_length=1)
     split: str = Field("train", pattern=r"^\w+(\.\w+)*$",
-                       description="the split read from a folder that holds several (files listed or globbed are read whole)")
+                       description="the split read from a folder that holds several, or that a saved Dataset must be "
+                                   "(files listed or globbed are read whole)")
     columns: Columns = Columns()
     domains: Domains = Domains()
     unseen: Unseen

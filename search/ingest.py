@@ -226,9 +226,20 @@ def _read_json(path: Path) -> dict:
         raise IngestError(f"{path}: not readable as the datasets library writes it: {e}") from None
 
 
-def _saved(path: Path) -> list[Path]:
-    """The Arrow files of a folder written by ``datasets.Dataset.save_to_disk``."""
-    return [path / f["filename"] for f in _read_json(path / "state.json").get("_data_files", [])]
+def _saved(path: Path, split: str) -> list[Path]:
+    """The Arrow files of a folder written by ``datasets.Dataset.save_to_disk``, which must hold
+    split ``split``: its state.json names the split it was loaded as (``test``, ``train[:10%]``,
+    ``train+test``), or none (then it is read whatever ``split`` says)."""
+    state = _read_json(path / "state.json")
+    saved_as = state.get("_split")
+    names = sorted({re.sub(r"\[.*\]$", "", part) for part in str(saved_as).split("+")})
+    if saved_as is not None and names != [split]:
+        fix = (f"set corpus.files.split: {names[0]} to read it" if len(names) == 1 else
+               f"its rows of {' and '.join(names)} cannot be told apart; list its Arrow files in corpus.files.paths "
+               "to read them all")
+        raise IngestError(f"{path}: a saved Dataset of split {saved_as!r}, not {split!r} (corpus.files.split); {fix}",
+                          key=SPLIT_KEY)
+    return [path / f["filename"] for f in state.get("_data_files", [])]
 
 
 def count_files(n: int) -> str:
@@ -251,7 +262,7 @@ def _folder(path: Path, split: str, notes: list[str] | None, skip: tuple[Path, .
     a folder of data files (a Hub download): those of ``split`` when their names give splits.
     Hidden files and folders and the metadata in ``NOT_DATA`` are not data."""
     if (path / "state.json").is_file():
-        return _saved(path)
+        return _saved(path, split)
     dict_file = path / "dataset_dict.json"
     if dict_file.is_file():
         names = _read_json(dict_file).get("splits", [])
@@ -261,7 +272,7 @@ def _folder(path: Path, split: str, notes: list[str] | None, skip: tuple[Path, .
         if notes is not None and len(names) > 1:
             notes.append(f"{path}: reading its split {split!r} (corpus.files.split); left out: "
                          f"{', '.join(n for n in names if n != split)}")
-        return _saved(path / split)
+        return _saved(path / split, split)
     found = sorted(p for p in path.rglob("*") if p.is_file() and file_format(str(p)) and p.name not in NOT_DATA
                    and not any(part.startswith((".", "__")) for part in p.relative_to(path).parts)
                    and not _under(p, skip))
@@ -270,8 +281,8 @@ def _folder(path: Path, split: str, notes: list[str] | None, skip: tuple[Path, .
     splits = _splits(path, found)
     if not splits:
         if split != "train":
-            raise IngestError(f"{path}: its file names give no splits, so its {count_files(len(found))} are all split "
-                              f"'train', not {split!r} (corpus.files.split)", key=SPLIT_KEY)
+            raise IngestError(f"{path}: its file names give no splits, so all its files ({count_files(len(found))}) are "
+                              f"split 'train', not {split!r} (corpus.files.split)", key=SPLIT_KEY)
         return found
     chosen = [p for p in found if splits.get(p) == split]
     others = Counter(splits.get(p, "none") for p in found if splits.get(p) != split)

@@ -3,6 +3,7 @@ either counted or refused with its file and line, never a half-written pool."""
 
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -40,15 +41,17 @@ def write_jsonl(path: Path, records: list, extra_lines: list[bytes] = ()) -> Pat
     return path
 
 
-def save_to_disk(folder: Path, records: list) -> Path:
+def save_to_disk(folder: Path, records: list, split: str | None = None) -> Path:
     """The layout datasets.Dataset.save_to_disk writes (checked against datasets 5.2): Arrow
-    stream files named in state.json, beside dataset_info.json."""
+    stream files named in state.json, beside dataset_info.json; state.json's ``_split`` is the
+    split the Dataset was loaded as (``load_dataset(..., split="test[:10%]")``), None for one built
+    in memory."""
     folder.mkdir(parents=True)
     table = pa.Table.from_pylist(records)
     with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
         w.write_table(table)
     (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}],
-                                                   "_split": None}))
+                                                   "_split": split}))
     (folder / "dataset_info.json").write_text("{}")
     return folder
 
@@ -216,8 +219,8 @@ def test_a_split_a_folder_lacks_is_an_error_naming_its_splits(tmp_path, capsys):
             "left out: test (1 file)\n") in capsys.readouterr().out
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "a.jsonl").write_text("")
-    with pytest.raises(IngestError, match="plain: its file names give no splits, so its 1 file are all split 'train', "
-                                          "not 'test'"):
+    with pytest.raises(IngestError, match=r"plain: its file names give no splits, so all its files \(1 file\) are "
+                                          "split 'train', not 'test'"):
         _files(tmp_path / "plain", "test")
     saved = tmp_path / "saved"
     save_to_disk(saved / "train", rows(1, 1))
@@ -225,6 +228,18 @@ def test_a_split_a_folder_lacks_is_an_error_naming_its_splits(tmp_path, capsys):
     assert _files(saved) == (["train/data-00000-of-00001.arrow"], [])
     with pytest.raises(IngestError, match="saved: a saved DatasetDict with the splits train, none of them 'test'"):
         _files(saved, "test")
+    # A single saved Dataset names the split it was loaded as: another is an error, not training data.
+    for saved_as, fix in (("test", "set corpus.files.split: test to read it"),
+                          ("train[:50%]+test", "its rows of test and train cannot be told apart; list its Arrow files")):
+        one = save_to_disk(tmp_path / saved_as.replace("[:50%]", ""), rows(1, 1), split=saved_as)
+        with pytest.raises(IngestError, match=re.escape(f"{one}: a saved Dataset of split {saved_as!r}, not 'train' "
+                                                        f"(corpus.files.split); {fix}")) as e:
+            _files(one)
+        assert e.value.key == ingest.SPLIT_KEY
+    assert _files(tmp_path / "test", "test") == (["data-00000-of-00001.arrow"], [])
+    sliced = save_to_disk(tmp_path / "sliced", rows(1, 1), split="validation[10:20]")
+    unnamed = save_to_disk(tmp_path / "unnamed", rows(1, 1))
+    assert _files(sliced, "validation") == _files(unnamed, "validation") == (["data-00000-of-00001.arrow"], [])
     # Files listed or globbed are read as given; one named as another split is pointed out.
     from search.ingest import list_files
 
