@@ -566,12 +566,14 @@ class Config(_Strict):
 
 
 def _line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
-    """1-based line of the deepest YAML node on path that exists."""
+    """1-based line of the deepest key on path that exists (of a missing key, its parent's, where
+    it belongs, not the parent's first child's)."""
     line = None
     for key in path:
         if node is None:
             break
-        line = node.start_mark.line + 1
+        if line is None:  # the document's first line, for a missing top-level key
+            line = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             match = [(k, v) for k, v in node.value if k.value == str(key)]
             node, line = (match[0][1], match[0][0].start_mark.line + 1) if match else (None, line)

@@ -27,6 +27,12 @@ def test_unknown_key_names_file_line_and_key(tmp_path):
     assert f"{path}, line {line}, key training.epohcs: unknown key" in msg
 
 
+def test_a_missing_key_is_placed_at_its_parent_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  epochs: 3\ncorpus:\n  source: files\n  files:\n    paths: [a.jsonl]\n")
+    assert f"{path}, line 5, key corpus.files.unseen: Field required" in error_of(path)
+
+
 def test_wrong_type(tmp_path):
     msg = error_of(write_config(tmp_path, {"training": {"batch_size": "large"}}))
     assert "key training.batch_size" in msg and "integer" in msg
