@@ -116,8 +116,10 @@ def _main(argv: list[str] | None) -> int:
             print(f"pool: {pool}")
             for split in ("train", "unseen"):
                 stats = getattr(m, split)
+                several = m.several_references.get(split)
                 print(f"{split}: {sum(s.rows for s in stats.values())} rows, "
-                      f"{sum(s.instructions for s in stats.values())} instructions in {len(stats)} domains")
+                      f"{sum(s.instructions for s in stats.values())} instructions in {len(stats)} domains"
+                      + (f"; {several} rows with several references" if several else ""))
                 width = max((len(d) for d in stats), default=0)
                 for d, s in stats.items():
                     print(f"  {d:<{width}} {s.rows:>8} rows {s.instructions:>6} instructions "

@@ -106,7 +106,8 @@ class Columns(_Strict):
     ``category`` when the files have no ``domain`` column, ``messages`` to ``conversations``, and
     without a ``task`` column a task is a distinct normalized instruction; a column named here must
     be in the files. A row without the instruction column is read from its ``messages`` column
-    when it has one: a chat of one user turn and one assistant answer."""
+    when it has one: a chat of one user turn and one assistant answer. The output may be a list of
+    references: the row trains on the first, and an unseen row is scored against each."""
 
     instruction: str = "instruction"
     input: str = "input"

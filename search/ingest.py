@@ -69,8 +69,8 @@ PARSE_ROWS = 50_000
 STAGE_SCHEMA = pa.schema([
     ("task", pa.string()), ("task_key", pa.string()), ("domain", pa.string()),
     ("instruction", pa.string()), ("input", pa.string()), ("output", pa.string()),
-    ("dup_key", pa.string()), ("file", pa.int32()), ("line", pa.int64()), ("fault", pa.string()),
-    ("bucket", pa.int32()),
+    ("references", pa.list_(pa.string())), ("dup_key", pa.string()), ("file", pa.int32()), ("line", pa.int64()),
+    ("fault", pa.string()), ("bucket", pa.int32()),
 ])
 
 
@@ -385,7 +385,7 @@ class _Rows:
                 if isinstance(turns, str):
                     return self.fault(file, line, turns, buckets)
                 record = {**record, columns.instruction: turns[0], columns.input: "", columns.output: turns[1]}
-        values = {}
+        values = {"references": None}
         for role in ("instruction", "input", "output", "domain", "task"):
             name = getattr(columns, role)
             v = record.get(name)
@@ -395,7 +395,12 @@ class _Rows:
                 if role in ("instruction", "output"):
                     return self.fault(file, line, f"missing_column:{name}", buckets)
                 v = "" if role == "input" else None
-            elif isinstance(v, (int, float)) and not isinstance(v, bool) and role in ("input", "output"):
+            elif role == "output" and isinstance(v, list):
+                answers = references(v)
+                if answers is None:
+                    return self.fault(file, line, f"wrong_type:{name}", buckets)
+                v, values["references"] = answers
+            elif _is_number(v) and role in ("input", "output"):
                 v = str(v)  # a numeric answer is still an answer
             elif not isinstance(v, str):
                 return self.fault(file, line, f"wrong_type:{name}", buckets)
@@ -410,6 +415,21 @@ class _Rows:
 
     def table(self) -> pa.Table:
         return pa.Table.from_pydict(self.cols, schema=STAGE_SCHEMA)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def references(outputs: list) -> tuple[str, list[str] | None] | None:
+    """An output given as a list of references (as Super-NaturalInstructions gives its
+    instances'): the first, which the row trains on, and all of them, each once, when there are
+    several (unseen rows are scored against each). Blank ones are left out; none left is an
+    empty output. None when an item is not text (or a number)."""
+    if not all(isinstance(r, str) or _is_number(r) for r in outputs):
+        return None
+    texts = list(dict.fromkeys(str(r) for r in outputs if str(r).strip()))
+    return (texts[0] if texts else ""), (texts if len(texts) > 1 else None)
 
 
 # Role names of the chat formats in use: OpenAI's messages (role, content) and ShareGPT's
@@ -575,10 +595,11 @@ def clean(stage: str, bucket: int, out: str, tokens: dict) -> dict:
     table, too_long = _tokens(table, tokens)
     dropped["too_long"] += too_long
     pq.write_table(table, f"{out}/bucket-{bucket:05d}.parquet")
+    # "count" counts non-null values: rows with several references.
     tasks = table.group_by("task").aggregate([("task_key", "min"), ("domain", "min"), ("instruction", "min"),
-                                              ("file", "count")])
+                                              ("file", "count"), ("references", "count")])
     return {"dropped": {k: v for k, v in dropped.items() if v}, "faults": first_faults,
-            "tasks": tasks.rename_columns(["task", "task_key", "domain", "instruction", "rows"]).to_pylist()}
+            "tasks": tasks.rename_columns(["task", "task_key", "domain", "instruction", "rows", "several"]).to_pylist()}
 
 
 def _tokens(table: pa.Table, tokens: dict) -> tuple[pa.Table, int]:
@@ -704,7 +725,8 @@ def place(clean_file: str, assign: dict[str, tuple[str, str, int]], out: str, sc
     table = pa.table({
         "task": table["task"], "rule_idx": pa.array(rule, pa.int32()), "example_idx": pa.array(example, pa.int32()),
         "instruction": table["instruction"], "input": table["input"], "output": table["output"],
-        "ids": table["ids"], "prompt_len": table["prompt_len"], "split": split, "domain": domain,
+        "references": table["references"], "ids": table["ids"], "prompt_len": table["prompt_len"],
+        "split": split, "domain": domain,
     })
     name = Path(clean_file).stem
     for (s, d), part in _groups(table, ["split", "domain"]):
@@ -799,6 +821,7 @@ class Prepared:
     examples_per_task: int
     content_hash: str
     files: list[str]
+    several_references: dict[str, int]  # split -> rows with more than one reference
 
 
 def _user_error(e: BaseException) -> IngestError | None:
@@ -890,6 +913,10 @@ def prepare_files(cfg: FilesConfig, files: list[tuple[str, str]], tmp: Path, poo
     for (split, domain), members in sorted(groups.items()):
         stats[split][domain] = task_stats([t["rows"] for t in members])
     digest = hashlib.sha256(json.dumps(sorted((t["task"], t["task_key"], t["rows"], assign[t["task"]]) for t in tasks)).encode())
+    several = Counter()
+    for t in tasks:
+        several[assign[t["task"]][0]] += t["several"]
     return Prepared(stats=stats, dropped=dict(sorted(dropped.items())), first_faults=first,
                     unseen_tasks=sorted(held), top_terms=plan.top_terms,
-                    examples_per_task=max(t["rows"] for t in tasks), content_hash=digest.hexdigest(), files=names)
+                    examples_per_task=max(t["rows"] for t in tasks), content_hash=digest.hexdigest(), files=names,
+                    several_references={k: v for k, v in sorted(several.items()) if v})

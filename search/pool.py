@@ -48,9 +48,11 @@ SCHEMA = pa.schema(
 )
 
 
-# File corpora also store each row's token ids (``<bos> prompt answer <eos>``) and the length of
-# its prompt part, made once by prepare with the trial model's tokenizer.
-TOKEN_SCHEMA = pa.schema([*SCHEMA, ("ids", pa.list_(pa.int32())), ("prompt_len", pa.int32())])
+# File corpora also store every reference of a row that has several (null where the output is
+# the only one), each row's token ids (``<bos> prompt answer <eos>``) and the length of its prompt
+# part, made once by prepare with the trial model's tokenizer.
+TOKEN_SCHEMA = pa.schema([*SCHEMA, ("references", pa.list_(pa.string())), ("ids", pa.list_(pa.int32())),
+                          ("prompt_len", pa.int32())])
 
 
 class PoolError(RuntimeError):
@@ -88,6 +90,7 @@ class Manifest:
     unseen_tasks: list[str] = field(default_factory=list)  # the tasks held out (files corpora)
     top_terms: dict[str, list[str]] = field(default_factory=dict)  # clustered domains' top terms
     files: list[str] = field(default_factory=list)
+    several_references: dict[str, int] = field(default_factory=dict)  # rows with more than one, by split
 
     @property
     def domains(self) -> list[str]:
@@ -127,7 +130,8 @@ def spec_hash(cfg: Config) -> str:
             stamps.append((os.path.abspath(t), os.path.getsize(t), os.stat(t).st_mtime_ns))
         # Token ids are stored, so the tokenizer and the length limit are part of the spec.
         tokens = {"tokenizer": cfg.model.pretrained or "char", "max_length": cfg.model.max_length}
-        spec = {"source": "files", "params": fc.model_dump(mode="json"), "files": stamps, "tokens": tokens, "version": 1}
+        # Version 2: a list of references is read (version 1 dropped such rows as bad).
+        spec = {"source": "files", "params": fc.model_dump(mode="json"), "files": stamps, "tokens": tokens, "version": 2}
     else:
         spec = {
             "source": cfg.corpus.source,
@@ -273,6 +277,7 @@ def _write_files(cfg: Config, tmp: Path, want: str) -> Manifest:
         unseen={d: DomainStats(**s) for d, s in done.stats["unseen"].items()},
         examples_per_rule=done.examples_per_task, created=_now(), dropped=done.dropped,
         faults=done.first_faults, unseen_tasks=done.unseen_tasks, top_terms=done.top_terms, files=done.files,
+        several_references=done.several_references,
     )
 
 

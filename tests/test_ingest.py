@@ -66,7 +66,8 @@ def test_superni_sample_with_categories_as_domains_and_its_unseen_tasks_held_out
     train = [json.loads(line) for line in open(SUPERNI / "train.jsonl", encoding="utf-8")]
     unseen = [json.loads(line) for line in open(SUPERNI / "unseen.jsonl", encoding="utf-8")]
     held = sorted({r["task"] for r in unseen})
-    cfg = config(tmp_path, {"paths": [str(SUPERNI / "*.jsonl")], "columns": {"domain": "category"},
+    # As the recipe reads it: every reference of an instance, from "outputs".
+    cfg = config(tmp_path, {"paths": [str(SUPERNI / "*.jsonl")], "columns": {"domain": "category", "output": "outputs"},
                             "unseen": {"tasks": held}}, max_length=4096)
     pool = prepare(cfg)
     m = Manifest.load(pool)
@@ -85,6 +86,14 @@ def test_superni_sample_with_categories_as_domains_and_its_unseen_tasks_held_out
     t, u = read_split(pool, "train"), read_split(pool, "unseen")
     assert t.num_rows == len(train) and u.num_rows == len(unseen)
     assert not {normalize(x) for x in t["instruction"].to_pylist()} & {normalize(x) for x in u["instruction"].to_pylist()}
+    # Rows train on the first reference (the files' "output") and keep all of them.
+    for split, records in (("train", train), ("unseen", unseen)):
+        want = Counter((r["task"], r["input"], r["output"], tuple(dict.fromkeys(r["outputs"])) if len(set(r["outputs"])) > 1 else None)
+                       for r in records)
+        table = read_split(pool, split).select(["task", "input", "output", "references"]).to_pylist()
+        assert Counter((r["task"], r["input"], r["output"], r["references"] and tuple(r["references"])) for r in table) == want
+    assert m.several_references == {s: sum(len(set(r["outputs"])) > 1 for r in records)
+                                    for s, records in (("train", train), ("unseen", unseen))}
     # Token ids were stored once, with the model's tokenizer and the configured prompt.
     for row in t.slice(0, 50).to_pylist():  # the character tokenizer: one id per character
         prompt = f"{row['instruction']}\n{row['input']}\n"
@@ -272,6 +281,56 @@ def test_bad_rows_are_counted_with_file_and_line_or_refused_when_strict(ray_clus
     with pytest.raises(IngestError, match=f"{path}:15: malformed_json"):
         prepare(strict)
     assert leftovers(tmp_path / "s") == []
+
+
+def test_a_list_of_references_trains_on_the_first_and_keeps_them_all(ray_cluster, tmp_path, capsys):
+    # Super-NaturalInstructions gives each instance a list of references: a row trains on the
+    # first, and the pool keeps them all to score unseen tasks against each (JSONL and Parquet).
+    from trainables.data import encode
+
+    records = rows(6, 4)
+    expected = {}
+    for i, r in enumerate(records):
+        first = r["output"]
+        several = i % 2 == 0  # a repeat and a blank one are left out
+        r["output"] = [first, first + "-alt", first, "  "] if several else [first]
+        expected[r["instruction"], r["input"]] = (first, [first, first + "-alt"] if several else None)
+    for r in records[:12:4]:
+        r["output"] = r["output"][0]  # plain text beside lists, in one file
+        expected[r["instruction"], r["input"]] = (r["output"], None)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    task = records[0]["instruction"]
+    write_jsonl(folder / "a.jsonl", records[:12], [json.dumps({"instruction": task, "input": k, "output": v,
+                                                               "domain": "math"}).encode()
+                                                   for k, v in [("none", []), ("blank", [" "]),
+                                                                ("dict", [{"text": "y"}]), ("numbers", [7, 7.5])]])
+    expected[task, "numbers"] = ("7", ["7", "7.5"])
+    pq.write_table(pa.Table.from_pylist(records[12:]), folder / "b.parquet")
+    files = {"paths": [str(folder)], "unseen": {"fraction": 0.34}}
+    pool = prepare(config(tmp_path, files))
+    m = Manifest.load(pool)
+    assert m.dropped == {"empty_output": 2, "wrong_type:output": 1}
+    assert m.several_references == {s: n for s in ("train", "unseen")
+                                    if (n := sum(r is not None for r in read_split(pool, s)["references"].to_pylist()))}
+    # mixsearch prepare says how many rows have several.
+    from search.cli import main
+    from tests.conftest import write_config
+
+    assert main(["prepare", str(write_config(tmp_path, {"corpus": {"source": "files", "files": files},
+                                                         "model": {"max_length": 256}}))]) == 0
+    out = capsys.readouterr().out
+    for split, n in m.several_references.items():
+        assert re.search(rf"^{split}: .*; {n} rows with several references$", out, re.M), out
+    got = {(r["instruction"], r["input"]): r for s in ("train", "unseen") for r in read_split(pool, s).to_pylist()}
+    assert {k: (r["output"], r["references"]) for k, r in got.items()} == expected
+    for r in got.values():  # the token ids hold the first (the character tokenizer: one id each)
+        assert len(r["ids"]) == r["prompt_len"] + len(r["output"]) + 1
+    # A trial's unseen items carry each row's references, its own output first.
+    unseen = read_split(pool, "unseen")
+    data = encode(unseen, None, 256)
+    assert data.references == [refs or [out] for out, refs in
+                               (expected[k] for k in zip(unseen["instruction"].to_pylist(), unseen["input"].to_pylist()))]
 
 
 @pytest.mark.parametrize("case", ["missing_file", "empty_corpus", "nothing_usable", "few_tasks", "no_domain",

@@ -5,11 +5,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import torch
 
 from trainables.data import encode
-from trainables.evaluate import evaluate, exact_match_items, generate_answers
+from trainables.evaluate import evaluate, exact_match_items, generate_answers, other_references
 from trainables.model import build_model
 from trainables.tokenizer import char_tokenizer
 from trainables.train import run_epochs
@@ -90,6 +91,31 @@ def test_one_pass_exact_match_equals_greedy_generate(small_pool, tmp_path):
     for metric in ("normalized_exact_match", "rouge_l"):
         scores = evaluate(model, tok, data, metric=metric, max_length=cfg.model.max_length)
         assert scores["unseen_accuracy"] == pytest.approx(sum(one_pass) / len(one_pass)), metric
+
+    # Rows with several references are right when greedy decoding gives any of them. Even rows
+    # train on a decoy first and keep the true answer second; row 1 has a second one too long to
+    # generate within max_length (left out, not an error).
+    length = cfg.model.max_length
+    outputs = [f"q{a}" if i % 2 == 0 else a for i, a in enumerate(data.answers)]
+    refs = [[o, a] if i % 2 == 0 else None for i, (o, a) in enumerate(zip(outputs, data.answers))]
+    refs[1] = [outputs[1], "z" * length]
+    plain = rows.set_column(rows.schema.get_field_index("output"), "output", pa.array(outputs))
+    several = encode(plain.append_column("references", pa.array(refs, pa.list_(pa.string()))), tok, length)
+    single = encode(plain, tok, length)
+    assert other_references(several, tok, length)[1] == list(range(0, len(rows), 2))
+    assert sum(one_pass[::2]) > 0, "the check needs right answers among the decoyed rows"
+    expected = {"several": [t in (r or [o]) for t, r, o in zip(texts, refs, outputs)],
+                "single": [t == o for t, o in zip(texts, outputs)]}
+    assert expected["several"] == one_pass and expected["single"] != one_pass
+    for metric in ("exact_match", "rouge_l"):
+        got = {name: evaluate(model, tok, d, metric=metric, max_length=length)
+               for name, d in (("several", several), ("single", single))}
+        for name, scores in got.items():
+            want = sum(expected[name]) / len(rows)
+            assert scores["unseen_accuracy"] == scores["unseen_exact_match"] == pytest.approx(want), (metric, name)
+        # Token accuracy and loss stay those of the output each row trains on.
+        for key in ("unseen_token_accuracy", "unseen_loss"):
+            assert got["several"][key] == pytest.approx(got["single"][key]), key
 
 
 def test_a_model_saved_with_save_pretrained_loads_back(tmp_path, small_pool):

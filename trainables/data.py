@@ -23,7 +23,9 @@ class Encoded:
     ids: list[torch.Tensor]
     labels: list[torch.Tensor]
     domains: list[str]
-    answers: list[str]  # the reference outputs, for metrics on generated text
+    answers: list[str]  # the outputs the ids hold, for metrics on generated text
+    # Every accepted answer of each row, its own output first; None when each row has one answer.
+    references: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -44,7 +46,17 @@ def encode(rows: pa.Table, tokenizer, max_length: int, prompt: str = PROMPT) -> 
             raise ValueError(f"a row of {len(seq)} tokens exceeds model.max_length={max_length}")
         ids.append(torch.tensor(seq))
         labels.append(torch.tensor([IGNORE] * n + seq[n:]))
-    return Encoded(ids, labels, rows["domain"].to_pylist(), rows["output"].to_pylist())
+    answers = rows["output"].to_pylist()
+    return Encoded(ids, labels, rows["domain"].to_pylist(), answers, references_of(rows, answers))
+
+
+def references_of(rows: pa.Table, answers: list[str]) -> list[list[str]] | None:
+    """Each row's accepted answers from the pool's ``references`` column (null where the output
+    is the only one), its own output first and each once; None when no row has another."""
+    if "references" not in rows.column_names or rows["references"].null_count == rows.num_rows:
+        return None
+    return [[a, *dict.fromkeys(r for r in refs if r != a)] if refs else [a]
+            for a, refs in zip(answers, rows["references"].to_pylist())]
 
 
 def batch(data: Encoded, index: list[int] | torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,8 +2,9 @@
 
 With teacher forcing, if the argmax at every answer position (``<eos>`` included) equals the
 target, greedy decoding returns exactly the target, and only then: so exact match of greedy
-generation costs a single forward pass. Free-text metrics (normalized exact match, ROUGE-L)
-need the generated text and decode greedily, batched.
+generation costs a single forward pass (and one more for the other references of rows that have
+several). Free-text metrics (normalized exact match, ROUGE-L) need the generated text and decode
+greedily, batched.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from trainables.data import IGNORE, Encoded, batch
+from trainables.tokenizer import answer_ids
 
 
 @dataclass(frozen=True)
@@ -115,14 +117,31 @@ def _by_domain(domains: list[str], values: list[float]) -> dict[str, float]:
     return {d: sum(v) / len(v) for d, v in sorted(groups.items())}
 
 
-def default_max_new_tokens(data: Encoded) -> int:
-    """Twice the longest reference answer in tokens, end-of-sequence included. Generation stops
+def other_references(data: Encoded, tokenizer, max_length: int) -> tuple[Encoded, list[int]]:
+    """Each row's accepted answers beyond its own, after the row's prompt ids, and the row each
+    belongs to. One that does not fit in ``max_length`` is left out: greedy decoding within
+    ``max_length`` cannot produce it."""
+    pairs = [(i, r) for i, refs in enumerate(data.references or []) for r in refs[1:]]
+    ids, labels, rows, texts = [], [], [], []
+    for (i, text), answer in zip(pairs, answer_ids(tokenizer, [r for _, r in pairs])):
+        n = int((data.labels[i] == IGNORE).sum())
+        if n + len(answer) <= max_length:
+            ids.append(torch.cat([data.ids[i][:n], torch.tensor(answer, dtype=data.ids[i].dtype)]))
+            labels.append(torch.tensor([IGNORE] * n + answer))
+            rows.append(i)
+            texts.append(text)
+    return Encoded(ids, labels, [data.domains[i] for i in rows], texts), rows
+
+
+def default_max_new_tokens(data: Encoded, *more: Encoded) -> int:
+    """Twice the longest reference answer in tokens (of ``data`` and of ``more``, its rows' other
+    references), end-of-sequence included. Generation stops
     there rather than at ``max_length``: an untrained model rarely emits ``<eos>``, and on the
     SuperNI sample (prompts up to 1,586 characters, answers up to 255) generating to
     ``max_length`` 4096 made one evaluation of 40 items take 196-209 s (7-8 s with this cap).
     An answer that long is wrong under exact match anyway; the factor leaves room for
     normalization and ROUGE-L."""
-    return 2 * max((int((lab != IGNORE).sum()) for lab in data.labels), default=1)
+    return 2 * max((int((lab != IGNORE).sum()) for d in (data, *more) for lab in d.labels), default=1)
 
 
 def evaluate(model, tokenizer, data: Encoded, *, metric: str = "exact_match", max_length: int,
@@ -134,20 +153,30 @@ def evaluate(model, tokenizer, data: Encoded, *, metric: str = "exact_match", ma
     and ``unseen_loss`` (per answer token) are always reported too. Per-domain keys are
     ``<metric>/<domain>``. The text metrics generate up to ``max_new_tokens`` per answer
     (default: ``default_max_new_tokens``).
+
+    A row with several references (``data.references``) is scored against the one its answer
+    matches best, as Super-NaturalInstructions scores its tasks: exact match if greedy decoding
+    gives any of them, the best normalized match or ROUGE-L over them. Token accuracy and loss
+    stay those of the row's own output, the answer it trains on.
     """
-    scores = teacher_forced(model, data, tokenizer.pad_token_id, batch_size, device, autocast)
+    pad = tokenizer.pad_token_id
+    scores = teacher_forced(model, data, pad, batch_size, device, autocast)
     exact = [float(s.exact) for s in scores]
+    others, rows = other_references(data, tokenizer, max_length) if data.references else (None, [])
+    if others is not None:
+        for i, s in zip(rows, teacher_forced(model, others, pad, batch_size, device, autocast)):
+            exact[i] = max(exact[i], float(s.exact))
     if metric == "exact_match":
         primary = exact
     else:
+        more = () if others is None else (others,)
         answers = generate_answers(model, tokenizer, data, max_length, batch_size, device,
-                                   max_new_tokens or default_max_new_tokens(data))
-        if metric == "normalized_exact_match":
-            primary = [float(normalize(a) == normalize(r)) for a, r in zip(answers, data.answers)]
-        elif metric == "rouge_l":
-            primary = [rouge_l(a, r) for a, r in zip(answers, data.answers)]
-        else:
+                                   max_new_tokens or default_max_new_tokens(data, *more))
+        score = {"normalized_exact_match": lambda a, r: float(normalize(a) == normalize(r)), "rouge_l": rouge_l}.get(metric)
+        if score is None:
             raise ValueError(f"unknown metric {metric!r}")
+        references = data.references or [[r] for r in data.answers]
+        primary = [max(score(a, r) for r in refs) for a, refs in zip(answers, references)]
     out: dict[str, float] = {}
     series = {"unseen_accuracy": primary, "unseen_exact_match": exact}
     for name, values in series.items():

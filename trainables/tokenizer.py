@@ -96,3 +96,9 @@ def tokenize(instructions: list[str], inputs: list[str], outputs: list[str], tok
     bos = [] if tokenizer.bos_token_id is None or prompt == CHAT else [tokenizer.bos_token_id]
     eos = tokenizer.eos_token_id
     return [[*bos, *p, *a, eos] for p, a in zip(p_ids, a_ids)], [len(bos) + len(p) for p in p_ids]
+
+
+def answer_ids(tokenizer, answers: list[str]) -> list[list[int]]:
+    """``answer <eos>`` token ids of each answer, tokenized apart from its prompt as ``tokenize``
+    does (so another reference of a row can follow the row's stored prompt ids)."""
+    return [[*a, tokenizer.eos_token_id] for a in _ids(tokenizer, answers)]
