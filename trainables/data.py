@@ -51,12 +51,12 @@ def encode(rows: pa.Table, tokenizer, max_length: int, prompt: str = PROMPT) -> 
 
 
 def references_of(rows: pa.Table, answers: list[str]) -> list[list[str]] | None:
-    """Each row's accepted answers from the pool's ``references`` column (null where the output
-    is the only one), its own output first and each once; None when no row has another."""
+    """Each row's accepted answers from the pool's ``references`` column, which prepare writes
+    with the output first and each once (null where the output is the only one); None when no
+    row has another."""
     if "references" not in rows.column_names or rows["references"].null_count == rows.num_rows:
         return None
-    return [[a, *dict.fromkeys(r for r in refs if r != a)] if refs else [a]
-            for a, refs in zip(answers, rows["references"].to_pylist())]
+    return [refs or [a] for a, refs in zip(answers, rows["references"].to_pylist())]
 
 
 def batch(data: Encoded, index: list[int] | torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

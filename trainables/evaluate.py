@@ -162,16 +162,14 @@ def evaluate(model, tokenizer, data: Encoded, *, metric: str = "exact_match", ma
     pad = tokenizer.pad_token_id
     scores = teacher_forced(model, data, pad, batch_size, device, autocast)
     exact = [float(s.exact) for s in scores]
-    others, rows = other_references(data, tokenizer, max_length) if data.references else (None, [])
-    if others is not None:
-        for i, s in zip(rows, teacher_forced(model, others, pad, batch_size, device, autocast)):
-            exact[i] = max(exact[i], float(s.exact))
+    others, rows = other_references(data, tokenizer, max_length)  # none without references
+    for i, s in zip(rows, teacher_forced(model, others, pad, batch_size, device, autocast)):
+        exact[i] = max(exact[i], float(s.exact))
     if metric == "exact_match":
         primary = exact
     else:
-        more = () if others is None else (others,)
         answers = generate_answers(model, tokenizer, data, max_length, batch_size, device,
-                                   max_new_tokens or default_max_new_tokens(data, *more))
+                                   max_new_tokens or default_max_new_tokens(data, others))
         score = {"normalized_exact_match": lambda a, r: float(normalize(a) == normalize(r)), "rouge_l": rouge_l}.get(metric)
         if score is None:
             raise ValueError(f"unknown metric {metric!r}")
