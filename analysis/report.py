@@ -51,6 +51,21 @@ def _failure_lines(trials: list[dict], shown: int = 3) -> list[str]:
     return lines
 
 
+def _tie_lines(trials: list[dict]) -> list[str]:
+    """A warning when every ranked trial scored the same: "best" is then only the first of a tie.
+    Typical of a first run that learned nothing, or of exact match on free-text answers."""
+    ranked = [t for t in trials if t.get("unseen_accuracy") is not None and t.get("status") not in ("STOPPED", "ERROR")]
+    values = {t["unseen_accuracy"] for t in ranked}
+    if len(ranked) < 2 or len(values) != 1:
+        return []
+    value = values.pop()
+    who = f"all {len(ranked)} trials" if len(ranked) == len(trials) else f"the {len(ranked)} trials with a result all"
+    why = ("train longer (training.epochs), on more examples (budget) or faster (learning_rate), or, for "
+           "free-text answers, score partial matches (training.metric: rouge_l)") if value == 0 else \
+          "a larger evaluation (training.eval_examples) or a harder unseen split tells mixtures apart"
+    return [f"warning: {who} scored {value:.3f}, so this one is no better than the others: {why}"]
+
+
 def summary_text(summary: dict) -> str:
     """The finished search in a few lines: the best trial, the Pareto front, the surrogate's
     proposal, where the results are (what ``mixsearch run`` prints at its end)."""
@@ -63,6 +78,7 @@ def summary_text(summary: dict) -> str:
     if best:
         lines.append(f"best trial {best['trial_id']}: unseen_accuracy {best['unseen_accuracy']:.3f}")
         lines += _config_lines(best["config"])
+        lines += _tie_lines(summary.get("trials") or [])
     else:
         lines.append("no trial reported an unseen_accuracy")
     lines += _failure_lines(summary.get("trials") or [])

@@ -193,6 +193,10 @@ def analyse(curves: list[Curve], space: SpaceConfig, epochs: int, seed: int = 0,
     curves = [c for c in curves if c.points]
     if len(curves) < MIN_TRIALS:
         return {"error": f"needs at least {MIN_TRIALS} trials with results, got {len(curves)}"}
+    values = {v for c in curves for _, v in c.points}
+    if len(values) == 1:  # a fit to one value would rank nothing, yet propose a config
+        return {"error": f"not fit: every trial reported unseen_accuracy {values.pop():.3f} at every "
+                         "epoch, so nothing tells the mixtures apart"}
     rho = cv_rank_correlation(curves, space, seed=seed)
     model = fit(curves, space, seed)
     # Proposals come from near the trials that ran to the end (or, if none did, the best three by

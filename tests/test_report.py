@@ -71,10 +71,39 @@ def test_report_of_a_finished_search_prints_what_run_printed_and_writes_plots(ex
     best = summary["best"]
     assert f"best trial {best['trial_id']}: unseen_accuracy {best['unseen_accuracy']:.3f}" in text
     assert f"  learning_rate: {best['config']['learning_rate']:.4g}\n" in text  # rounded for reading
-    assert "pareto front (unseen accuracy against compute):" in text and "surrogate (cross-validated" in text
+    assert "pareto front (unseen accuracy against compute):" in text
+    # At this size no trial learns anything: the tie and why the surrogate made no proposal are said.
+    assert {t["unseen_accuracy"] for t in summary["trials"] if t["status"] != "STOPPED"} == {0.0}
+    assert "\nwarning: the 4 trials with a result all scored 0.000, so this one is no better than the others: " in text
+    assert "\nsurrogate: not fit: every trial reported unseen_accuracy 0.000 at every epoch" in text
     for name in ("curves.png", "knobs.png", "front.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:4] == PNG
     assert not (exp / "report").exists()  # --out was given
+
+
+@pytest.mark.parametrize("values, statuses, warned", [
+    ([0.0, 0.0, 0.0], ["COMPLETED", "EARLY_STOPPED", "COMPLETED"], "all 3 trials scored 0.000"),
+    # A failed trial has no result and does not count; the hint depends on the value.
+    ([0.5, None, 0.5], ["COMPLETED", "ERROR", "COMPLETED"], "the 2 trials with a result all scored 0.500"),
+    ([0.0, 0.0, 0.1], ["COMPLETED", "EARLY_STOPPED", "COMPLETED"], None),
+    ([0.0, 0.4], ["COMPLETED", "STOPPED"], None),  # the stopped trial's value is not a result
+    ([0.0], ["COMPLETED"], None),
+])
+def test_a_tie_for_best_is_said(values, statuses, warned):
+    from analysis.report import summary_text
+
+    trials = [{"trial_id": f"t{i}", "status": s, "unseen_accuracy": v, "config": {"budget": 100}, "reason": None}
+              for i, (v, s) in enumerate(zip(values, statuses))]
+    ranked = [t for t in trials if t["unseen_accuracy"] is not None and t["status"] not in ("STOPPED", "ERROR")]
+    best = max(ranked, key=lambda t: t["unseen_accuracy"])
+    text = summary_text({"num_trials": len(trials), "wall_seconds": 1.0, "trials": trials, "experiment_path": "e",
+                         "best": best})
+    lines = [line for line in text.splitlines() if line.startswith("warning:")]
+    if warned is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and lines[0].startswith(f"warning: {warned}, so this one is no better")
+        assert ("training.metric: rouge_l" in lines[0]) == (values[0] == 0.0)
 
 
 def test_progress_and_plots_hold_every_trials_results(experiment, tmp_path):
@@ -230,5 +259,8 @@ def test_the_notebook_runs_on_an_experiment(experiment):
     shown = {c.source.splitlines()[-1]: [o for o in c.outputs if o.output_type == "execute_result"] for c in code}
     assert "image/png" in shown["curves_fig"][0]["data"] and "image/png" in shown["knobs_fig"][0]["data"]
     assert "text/html" in shown["prog.head(10)"][0]["data"]  # a table
+    # At this size every result is 0: no proposals, and the cell says why rather than failing.
+    said = next(out for line, out in shown.items() if line.startswith("proposals(EXPERIMENT)"))
+    assert "not fit: every trial reported unseen_accuracy 0.000" in said[0]["data"]["text/plain"]
     n = len(summary["trials"])
     assert nb.cells[-1].outputs[0]["text"].split() == [str(n), str(n), "True", str(summary["best"]["unseen_accuracy"])]

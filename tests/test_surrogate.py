@@ -74,6 +74,17 @@ def test_too_few_trials_is_said_not_guessed():
     assert "error" in out and "at least" in out["error"]
 
 
+def test_results_that_never_differ_are_not_fit():
+    # A search that learned nothing (exact match 0 everywhere): a fit would rank nothing, yet
+    # propose a config for --start-from to try.
+    flat = [Curve(c.trial_id, c.config, [(e, 0.0) for e, _ in c.points]) for c in curves(8, seed=0)]
+    out = analyse(flat, SPACE, EPOCHS)
+    assert "proposals" not in out and out["error"].startswith("not fit: every trial reported unseen_accuracy 0.000")
+    # One trial that differs at one epoch is enough to fit.
+    flat[3].points[-1] = (flat[3].points[-1][0], 0.05)
+    assert len(analyse(flat, SPACE, EPOCHS)["proposals"]) == 5
+
+
 @pytest.mark.parametrize("knob", ["examples_per_instruction", "skew"])
 def test_other_knobs_become_features(knob):
     space = SpaceConfig.model_validate({
