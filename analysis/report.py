@@ -76,7 +76,10 @@ def summary_text(summary: dict) -> str:
              + (f", over {len(runs)} runs (--resume): {', '.join(f'{t:.0f}s' for t in runs)}" if len(runs) > 1 else "")]
     best = summary.get("best")
     if best:
-        lines.append(f"best trial {best['trial_id']}: unseen_accuracy {best['unseen_accuracy']:.3f}")
+        # Each domain's accuracy too: abilities grow at their own pace, and a mean hides which lags.
+        per = best.get("per_domain") or {}
+        by_domain = f" ({', '.join(f'{d} {v:.3f}' for d, v in per.items())})" if len(per) > 1 else ""
+        lines.append(f"best trial {best['trial_id']}: unseen_accuracy {best['unseen_accuracy']:.3f}{by_domain}")
         lines += _config_lines(best["config"])
         lines += _tie_lines(summary.get("trials") or [])
     else:

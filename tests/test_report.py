@@ -69,7 +69,9 @@ def test_report_of_a_finished_search_prints_what_run_printed_and_writes_plots(ex
     text = out[:out.index("plots: ")].strip()
     assert text in printed  # the same block as at the end of the run
     best = summary["best"]
-    assert f"best trial {best['trial_id']}: unseen_accuracy {best['unseen_accuracy']:.3f}" in text
+    by_domain = ", ".join(f"{d} {v:.3f}" for d, v in best["per_domain"].items())
+    assert len(best["per_domain"]) == 4  # each domain's accuracy follows the mean
+    assert f"best trial {best['trial_id']}: unseen_accuracy {best['unseen_accuracy']:.3f} ({by_domain})\n" in text
     assert f"  learning_rate: {best['config']['learning_rate']:.4g}\n" in text  # rounded for reading
     assert "pareto front (unseen accuracy against compute):" in text
     # At this size no trial learns anything: the tie and why the surrogate made no proposal are said.
