@@ -4,6 +4,7 @@
     mixsearch prepare [CONFIG]    write (or reuse) the pool of a config
     mixsearch run [CONFIG]        prepare if needed, search, write summary.json (--dry-run: the plan)
     mixsearch report EXPERIMENT   what a search found (or, while it runs, has found), and plots
+    mixsearch export EXPERIMENT OUT   the best trial's model as a transformers model directory
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     rep = verbs.add_parser("report", help="summarize an experiment, finished or running, and plot it")
     rep.add_argument("experiment", help="the experiment's folder (STORAGE_PATH/NAME)")
     rep.add_argument("--out", help="where the plots go (default: EXPERIMENT/report)")
+
+    exp = verbs.add_parser("export", help="save a trial's trained model (the best by default) for transformers")
+    exp.add_argument("experiment", help="the experiment's folder (STORAGE_PATH/NAME)")
+    exp.add_argument("out", help="a new folder: the model, its tokenizer and mixsearch.json")
+    exp.add_argument("--trial", help="a trial id (default: the best trial)")
     return p
 
 
@@ -102,6 +108,18 @@ def _main(argv: list[str] | None) -> int:
         print(text)
         if written:
             print("plots: " + ", ".join(str(p) for p in written))
+        return 0
+    if args.verb == "export":
+        from analysis.model import export
+
+        try:
+            info = export(args.experiment, args.out, args.trial).info
+        except (ValueError, OSError) as e:  # not an experiment, no such trial, OUT taken, a model gone
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        score = "no result logged" if info["unseen_accuracy"] is None else f"unseen_accuracy {info['unseen_accuracy']:.3f}"
+        print(f"trial {info['trial_id']}, epoch {info['epoch']} ({score}): {args.out}")
+        print(f"prompt: {info['prompt']!r}" + (", after the tokenizer's BOS token" if info["bos"] else ""))
         return 0
     try:
         if args.verb == "prepare":

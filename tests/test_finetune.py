@@ -126,3 +126,22 @@ def test_model_config_errors(tmp_path, pretrained_dir):
     accum = write_config(tmp_path, {"training": {"batch_size": 10, "grad_accum_steps": 4}}, "accum.yaml")
     with pytest.raises(ConfigError, match="divisible by grad_accum_steps"):
         load_config(accum)
+
+
+def test_a_lora_checkpoint_loads_merged_and_scores_as_in_its_trial(small_pool, pretrained_dir, tmp_path):
+    from trainables.data import encode
+    from trainables.evaluate import evaluate
+    from trainables.model import load, load_trained
+    from trainables.train import eval_rows
+
+    cfg, pool = small_pool
+    config = config_for(cfg, pool, {"tiny": None, "pretrained": str(pretrained_dir), "lora": LORA}, epochs=1)
+    (metrics, save), = list(run_epochs(config))
+    save(tmp_path)
+    model, tok = load_trained(config["setup"]["model"], tmp_path)
+    assert not any("lora" in n for n, _ in model.named_parameters()) and not model.training  # merged, for use
+    unseen = encode(eval_rows(pool, cfg.training.eval_examples, cfg.seed), tok, cfg.model.max_length)
+    loss = evaluate(model, tok, unseen, max_length=cfg.model.max_length)["unseen_loss"]
+    assert loss == pytest.approx(metrics["unseen_loss"], rel=1e-4)
+    base, _ = load(config["setup"]["model"])  # the adapters are what it learned
+    assert evaluate(base, tok, unseen, max_length=cfg.model.max_length)["unseen_loss"] != pytest.approx(loss, rel=1e-4)

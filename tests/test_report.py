@@ -13,6 +13,7 @@ import time
 import pandas as pd
 import pytest
 import ray
+import yaml
 
 from analysis import plots
 from analysis.results import curves, progress
@@ -256,7 +257,8 @@ def test_the_notebook_runs_on_an_experiment(experiment):
     assert code[0].source.startswith("EXPERIMENT = ")
     code[0].source = f"EXPERIMENT = {str(exp)!r}"
     nb.cells.append(nbformat.v4.new_code_cell(
-        'print(len(prog), len(curves_fig.axes[0].get_lines()), finished, df["unseen_accuracy"].iloc[0])'))
+        'print(len(prog), len(curves_fig.axes[0].get_lines()), finished, df["unseen_accuracy"].iloc[0], '
+        'len(items), items["answer"].map(type).eq(str).all())'))
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(root)}}).execute()
     shown = {c.source.splitlines()[-1]: [o for o in c.outputs if o.output_type == "execute_result"] for c in code}
     assert "image/png" in shown["curves_fig"][0]["data"] and "image/png" in shown["knobs_fig"][0]["data"]
@@ -265,4 +267,69 @@ def test_the_notebook_runs_on_an_experiment(experiment):
     said = next(out for line, out in shown.items() if line.startswith("proposals(EXPERIMENT)"))
     assert "not fit: every trial reported unseen_accuracy 0.000" in said[0]["data"]["text/plain"]
     n = len(summary["trials"])
-    assert nb.cells[-1].outputs[0]["text"].split() == [str(n), str(n), "True", str(summary["best"]["unseen_accuracy"])]
+    assert nb.cells[-1].outputs[0]["text"].split() == [str(n), str(n), "True", str(summary["best"]["unseen_accuracy"]),
+                                                       "5", "True"]  # the best model's answers to 5 unseen items
+    assert "text/html" in shown["items[[\"domain\", \"instruction\", \"input\", \"output\", \"answer\"]] if finished else \"not finished yet\""][0]["data"]
+
+
+def test_a_trials_model_is_exported_for_transformers_and_scores_as_in_its_trial(experiment, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from analysis.model import answers, load_trained, prompt_ids
+    from search.config import load_config
+    from search.pool import pool_path
+    from trainables.data import IGNORE, encode
+    from trainables.evaluate import evaluate, generate_answers
+    from trainables.train import eval_rows
+
+    exp, summary, _ = experiment
+    best = summary["best"]
+    out = tmp_path / "models" / "best"
+    assert main(["export", str(exp), str(out)]) == 0
+    assert f"trial {best['trial_id']}, epoch {best['training_iteration']} " in capsys.readouterr().out
+    info = json.loads((out / "mixsearch.json").read_text())
+    assert (info["trial_id"], info["epoch"], info["config"]) == (best["trial_id"], best["training_iteration"], best["config"])
+    assert info["per_domain"] == best["per_domain"] and info["bos"] and info["prompt"] == "{instruction}|{input}="
+
+    # Loaded by transformers alone, it scores the unseen items as its trial did at that epoch.
+    model, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    cfg = load_config(exp / "config.yaml")
+    rows = eval_rows(pool_path(cfg), cfg.training.eval_examples, cfg.seed)
+    unseen = encode(rows, tok, cfg.model.max_length)
+    scores = evaluate(model, tok, unseen, max_length=cfg.model.max_length)
+    log = [json.loads(line) for line in (exp / f"trial_{best['trial_id']}" / "result.json").read_text().splitlines()]
+    logged = next(r for r in log if r.get("epoch") == info["epoch"])
+    assert scores["unseen_loss"] == pytest.approx(logged["unseen_loss"], rel=1e-4)
+    assert scores["unseen_token_accuracy"] == pytest.approx(logged["unseen_token_accuracy"], abs=0.005)
+
+    # Prompts are built as prepare wrote the pool's rows, so answers() are those the evaluation scored.
+    trained = load_trained(exp)
+    assert prompt_ids(trained, rows["instruction"].to_pylist(), rows["input"].to_pylist()) == [
+        ids[:int((labels == IGNORE).sum())].tolist() for ids, labels in zip(unseen.ids, unseen.labels)]
+    few = rows.slice(0, 8)
+    expected = generate_answers(model, tok, encode(few, tok, cfg.model.max_length), cfg.model.max_length, max_new_tokens=6)
+    assert answers(trained, few["instruction"].to_pylist(), few["input"].to_pylist(), max_new_tokens=6) == expected
+
+    # Nothing is overwritten; any trial can be named; a wrong name lists the trials.
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["export", str(exp), str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err and sorted(p.name for p in out.iterdir()) == before
+    stopped = next(t for t in summary["trials"] if t["status"] == "STOPPED")  # NaN loss after epoch 1
+    assert main(["export", str(exp), str(tmp_path / "stopped"), "--trial", stopped["trial_id"]]) == 0
+    assert json.loads((tmp_path / "stopped" / "mixsearch.json").read_text())["epoch"] == 1
+    assert main(["export", str(exp), str(tmp_path / "x"), "--trial", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no trial nope (its trials: " in err and all(t["trial_id"] in err for t in summary["trials"])
+    live = tmp_path / "live"
+    shutil.copytree(exp, live)
+    (live / "summary.json").unlink()
+    assert main(["export", str(live), str(tmp_path / "y")]) == 2
+    assert "no summary.json yet" in capsys.readouterr().err
+    # Given the trial, a running search's model loads; a files corpus's prompts follow its template.
+    config = yaml.safe_load((live / "config.yaml").read_text())
+    config["corpus"] |= {"source": "files", "files": {"paths": ["a.jsonl"], "prompt": "Q: {instruction}\n{input}\nA: "}}
+    (live / "config.yaml").write_text(yaml.safe_dump(config))
+    assert prompt_ids(load_trained(live, best["trial_id"]), ["ab"], ["cd"]) == [
+        [tok.bos_token_id, *tok("Q: ab\ncd\nA: ", add_special_tokens=False)["input_ids"]]]
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial folder left

@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
+from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from trainables.tokenizer import hub_offline, load_tokenizer
+
+WEIGHTS = "model.safetensors"  # a checkpoint's trained parameters (the adapters only, with LoRA)
 
 
 def build_model(tiny: dict, max_length: int, tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
@@ -66,6 +68,26 @@ def load(model_cfg: dict):
             target_modules=lora["target_modules"], task_type="CAUSAL_LM", fan_in_fan_out=transposed,
         ))
     return model, tokenizer
+
+
+def load_weights(model, checkpoint: Path) -> None:
+    """Load a trial checkpoint's trained parameters into ``model`` (as ``load`` built it).
+    Raises RuntimeError when they do not fit it: parameters it lacks, or trained ones missing."""
+    weights = load_file(str(Path(checkpoint) / WEIGHTS))
+    _, unexpected = model.load_state_dict(weights, strict=False)  # frozen base weights are not stored
+    absent = {n for n, p in model.named_parameters() if p.requires_grad} - set(weights)
+    if unexpected or absent:
+        raise RuntimeError(f"{checkpoint}: checkpoint does not match the model ({sorted(unexpected or absent)[:3]})")
+
+
+def load_trained(model_cfg: dict, checkpoint: Path):
+    """The (model, tokenizer) a trial trained, from its ``model`` section and a checkpoint: in
+    eval mode, with LoRA adapters merged into the weights (a plain transformers model)."""
+    model, tokenizer = load(model_cfg)
+    load_weights(model, checkpoint)
+    if model_cfg.get("lora"):
+        model = model.merge_and_unload()
+    return model.eval(), tokenizer
 
 
 def save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:

@@ -31,19 +31,18 @@ from typing import Callable, Iterator
 
 import pyarrow as pa
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from search.mixture import Mixture, materialize
 from search.pool import Manifest, read_split
 from trainables.data import IGNORE, Encoded, batch, encode, token_loss
 from trainables.evaluate import evaluate
 from trainables.faults import maybe_inject
-from trainables.model import load
+from trainables.model import WEIGHTS, load, load_weights
 
 log = logging.getLogger(__name__)
 
 STATE = "state.pt"
-WEIGHTS = "model.safetensors"
 
 
 def _seed(*parts: object) -> int:
@@ -144,11 +143,7 @@ def _save(path: Path, model, optimizer, scheduler, epoch: int, examples_seen: in
 
 
 def _restore(path: Path, model, optimizer, scheduler) -> tuple[int, int]:
-    weights = load_file(str(path / WEIGHTS))
-    _, unexpected = model.load_state_dict(weights, strict=False)
-    absent = {n for n, p in model.named_parameters() if p.requires_grad} - set(weights)
-    if unexpected or absent:
-        raise RuntimeError(f"{path}: checkpoint does not match the model ({sorted(unexpected or absent)[:3]})")
+    load_weights(model, path)
     state = torch.load(path / STATE, weights_only=True)  # plain tensors and numbers, no pickled code
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

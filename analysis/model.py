@@ -1,0 +1,183 @@
+"""Stage 6, report: the model a search trained, to try in a notebook or to export.
+
+    from analysis.model import load_trained, answers, prompt_ids, export
+    best = load_trained("mixsearch_results/default")              # the best trial's last checkpoint
+    answers(best, ["bcbc->bb"], ["bcbcbfad"])                      # greedy, prompted as in training
+    export("mixsearch_results/default", "best-model")              # a transformers model directory
+
+A trial's checkpoint holds only the trained parameters (the adapters, with LoRA); the experiment's
+``config.yaml`` says how to build the model they belong to, and the corpus section how its
+prompts were written. The exported directory loads with ``AutoModelForCausalLM.from_pretrained``
+and ``AutoTokenizer.from_pretrained``, LoRA merged, with ``mixsearch.json`` beside it: the trial,
+its epoch and scores, its mixture and the prompt format.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from analysis.results import experiment_folder, load_summary
+
+INFO = "mixsearch.json"
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trial's trained model and tokenizer (eval mode, LoRA merged) and what it is: ``info``
+    holds ``trial_id``, ``checkpoint``, ``epoch``, the scores reported at that epoch
+    (``unseen_accuracy``, per domain in ``per_domain``), the trial's ``config`` (its mixture and
+    knobs), ``prompt`` (the template, or ``chat``), ``bos`` (whether rows start with the
+    tokenizer's BOS token) and ``max_length``."""
+
+    model: Any
+    tokenizer: Any
+    info: dict
+
+
+def _trial_folder(exp: Path, trial: str | None) -> Path:
+    """The folder of the named trial (its id, or its folder's name), else of the best one."""
+    if trial is None:
+        try:
+            best = load_summary(exp).get("best")
+        except FileNotFoundError:
+            raise ValueError(f"{exp}: no summary.json yet (running or interrupted), so no best trial: "
+                             "name a trial (--trial; `mixsearch report` lists the best so far)") from None
+        if not best:
+            raise ValueError(f"{exp}: no trial reported a result, so there is no best model; "
+                             "name a trial (--trial; `mixsearch report` lists them)")
+        trial = best["trial_id"]
+    folder = exp / (trial if trial.startswith("trial_") else f"trial_{trial}")
+    if not folder.is_dir():
+        known = sorted(p.name.removeprefix("trial_") for p in exp.glob("trial_*") if p.is_dir())
+        raise ValueError(f"{exp}: no trial {trial} (its trials: {', '.join(known) or 'none'})")
+    return folder
+
+
+def _last_checkpoint(folder: Path) -> Path:
+    from trainables.model import WEIGHTS
+
+    saved = sorted(p.parent for p in folder.glob(f"checkpoint_*/{WEIGHTS}"))
+    if not saved:
+        raise ValueError(f"{folder}: no checkpoint (the trial failed before its first epoch ended)")
+    return saved[-1]
+
+
+def _reported(folder: Path, checkpoint: Path) -> dict:
+    """What the trial reported with this checkpoint (its last delivery: a restored trial reports
+    an epoch again), from Tune's ``result.json``; empty if the log lacks it."""
+    found: dict = {}
+    log = folder / "result.json"
+    for line in (log.read_text().splitlines() if log.exists() else []):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # the last line of a trial still writing it
+            continue
+        if row.get("checkpoint_dir_name") == checkpoint.name:
+            found = row
+    return found
+
+
+def load_trained(experiment: str | Path, trial: str | None = None) -> Trained:
+    """The model a trial of ``experiment`` trained, at its last checkpoint (the best trial's by
+    default; ``trial`` is an id as the summary gives it). Builds the model as the trials did
+    (the tiny one, or the pretrained one, which must still be where the config says) and loads
+    the checkpoint's parameters into it; works on a running search too, given a trial."""
+    from search.config import CHAT_PROMPT, ModelConfig
+    from trainables.model import load_trained as load_model
+    from trainables.tokenizer import PROMPT
+
+    exp = experiment_folder(experiment)
+    folder = _trial_folder(exp, trial)
+    checkpoint = _last_checkpoint(folder)
+    try:
+        config = yaml.safe_load((exp / "config.yaml").read_text())
+        model_cfg = ModelConfig.model_validate(config["model"]).model_dump()
+    except FileNotFoundError:
+        raise ValueError(f"{exp}: no config.yaml, which says what model the trials trained") from None
+    except ValidationError as e:  # a pretrained model no longer where it was
+        raise ValueError(f"{exp / 'config.yaml'}, key model: {e.errors()[0]['msg']}") from None
+    model, tokenizer = load_model(model_cfg, checkpoint)
+    corpus = config["corpus"]
+    prompt = corpus["files"]["prompt"] if corpus["source"] == "files" else PROMPT
+    row = _reported(folder, checkpoint)
+    accuracy = "unseen_accuracy/"
+    info = {
+        "experiment": str(exp.resolve()),
+        "trial_id": folder.name.removeprefix("trial_"),
+        "checkpoint": str(checkpoint.resolve()),
+        "epoch": row.get("epoch"),
+        "unseen_accuracy": row.get("unseen_accuracy"),
+        "per_domain": {k[len(accuracy):]: v for k, v in row.items() if k.startswith(accuracy)},
+        "metric": config["training"]["metric"],
+        "config": {k: v for k, v in row.get("config", {}).items() if k != "simplex_u"},  # Optuna's raw draw
+        "prompt": prompt,
+        "bos": tokenizer.bos_token_id is not None and prompt != CHAT_PROMPT,
+        "max_length": model_cfg["max_length"],
+    }
+    return Trained(model, tokenizer, info)
+
+
+def _prompts(trained: Trained, instructions: list[str], inputs: list[str] | None):
+    import pyarrow as pa
+
+    from trainables.data import encode
+
+    inputs = inputs if inputs is not None else [""] * len(instructions)
+    if len(inputs) != len(instructions):
+        raise ValueError(f"{len(instructions)} instructions but {len(inputs)} inputs")
+    rows = pa.table({"instruction": instructions, "input": inputs, "output": [""] * len(instructions),
+                     "domain": [""] * len(instructions)})
+    return encode(rows, trained.tokenizer, trained.info["max_length"], trained.info["prompt"])
+
+
+def prompt_ids(trained: Trained, instructions: list[str], inputs: list[str] | None = None) -> list[list[int]]:
+    """The token ids each prompt had in the trial's rows (template, BOS, tokenizer), which its
+    answer follows: what to give ``model.generate`` yourself."""
+    data = _prompts(trained, instructions, inputs)
+    return [ids[:-1].tolist() for ids in data.ids]  # the empty answer leaves only <eos> after the prompt
+
+
+def answers(trained: Trained, instructions: list[str], inputs: list[str] | None = None, *,
+            max_new_tokens: int = 64) -> list[str]:
+    """Greedy answers of the trained model to prompts built as the trial's rows were
+    (``prompt_ids``): the answers its evaluation scored, up to ``max_new_tokens`` tokens each."""
+    from trainables.evaluate import generate_answers
+
+    data = _prompts(trained, instructions, inputs)
+    return generate_answers(trained.model, trained.tokenizer, data, trained.info["max_length"],
+                            max_new_tokens=max_new_tokens)
+
+
+def export(experiment: str | Path, out: str | Path, trial: str | None = None) -> Trained:
+    """Save a trial's trained model (``load_trained``) as a transformers model directory at
+    ``out``, with its tokenizer and ``mixsearch.json`` (``Trained.info``). ``out`` must not hold
+    anything yet; it appears complete or not at all."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out}: already exists and is not an empty folder; nothing was written")
+    trained = load_trained(experiment, trial)
+    model, tokenizer = trained.model, trained.tokenizer
+    # The tiny model's config names no pad token (trials pass it to generate); a user's generate() needs it.
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.partial"
+    tmp.mkdir()
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / INFO).write_text(json.dumps(trained.info, indent=1) + "\n")
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return trained
