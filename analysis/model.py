@@ -160,6 +160,8 @@ def export(experiment: str | Path, out: str | Path, trial: str | None = None) ->
     """Save a trial's trained model (``load_trained``) as a transformers model directory at
     ``out``, with its tokenizer and ``mixsearch.json`` (``Trained.info``). ``out`` must not hold
     anything yet; it appears complete or not at all."""
+    from trainables.model import save
+
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: already exists and is not an empty folder; nothing was written")
@@ -171,8 +173,7 @@ def export(experiment: str | Path, out: str | Path, trial: str | None = None) ->
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.partial"
     tmp.mkdir()
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save(model, tokenizer, tmp)
         (tmp / INFO).write_text(json.dumps(trained.info, indent=1) + "\n")
         if out.exists():
             out.rmdir()  # empty, checked above

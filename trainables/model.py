@@ -6,6 +6,7 @@ so the loading path a trial uses is the real transformers one.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -63,10 +64,13 @@ def load(model_cfg: dict):
         # GPT-2-style models store their projections transposed (Conv1D): peft must be told,
         # or it warns in every trial before correcting the setting itself.
         transposed = any(isinstance(m, Conv1D) for m in model.modules())
-        model = get_peft_model(model, LoraConfig(
-            r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-            target_modules=lora["target_modules"], task_type="CAUSAL_LM", fan_in_fan_out=transposed,
-        ))
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated alias, which then warns in every trial (peft's to fix).
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            model = get_peft_model(model, LoraConfig(
+                r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                target_modules=lora["target_modules"], task_type="CAUSAL_LM", fan_in_fan_out=transposed,
+            ))
     return model, tokenizer
 
 
