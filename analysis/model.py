@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from analysis.results import experiment_folder, load_summary
+from analysis.results import INTERNAL, experiment_folder, load_summary, log_rows
 
 INFO = "mixsearch.json"
 
@@ -73,16 +73,8 @@ def _last_checkpoint(folder: Path) -> Path:
 def _reported(folder: Path, checkpoint: Path) -> dict:
     """What the trial reported with this checkpoint (its last delivery: a restored trial reports
     an epoch again), from Tune's ``result.json``; empty if the log lacks it."""
-    found: dict = {}
-    log = folder / "result.json"
-    for line in (log.read_text().splitlines() if log.exists() else []):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # the last line of a trial still writing it
-            continue
-        if row.get("checkpoint_dir_name") == checkpoint.name:
-            found = row
-    return found
+    rows = [r for r in log_rows(folder / "result.json") if r.get("checkpoint_dir_name") == checkpoint.name]
+    return rows[-1] if rows else {}
 
 
 def load_trained(experiment: str | Path, trial: str | None = None) -> Trained:
@@ -117,7 +109,7 @@ def load_trained(experiment: str | Path, trial: str | None = None) -> Trained:
         "unseen_accuracy": row.get("unseen_accuracy"),
         "per_domain": {k[len(accuracy):]: v for k, v in row.items() if k.startswith(accuracy)},
         "metric": config["training"]["metric"],
-        "config": {k: v for k, v in row.get("config", {}).items() if k != "simplex_u"},  # Optuna's raw draw
+        "config": {k: v for k, v in row.get("config", {}).items() if k not in INTERNAL},
         "prompt": prompt,
         "bos": tokenizer.bos_token_id is not None and prompt != CHAT_PROMPT,
         "max_length": model_cfg["max_length"],

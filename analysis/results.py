@@ -90,17 +90,24 @@ def progress(experiment: str | Path) -> pd.DataFrame:
     return out.reset_index().sort_values(METRIC, ascending=False, na_position="last", ignore_index=True)
 
 
+def log_rows(log: Path) -> list[dict]:
+    """A trial's reports from Tune's ``result.json``, in the order written (none if it is absent)."""
+    rows = []
+    for line in (log.read_text().splitlines() if log.exists() else []):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # the last line of a trial still writing it
+            continue
+    return rows
+
+
 def _logs(experiment: str | Path) -> tuple[pd.DataFrame, list[str]]:
     """(every trial's reports in the order written, the names of the config's columns)."""
     rows, knobs = [], {}
     for log in sorted(experiment_folder(experiment).glob("*/result.json")):
-        for line in log.read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:  # the last line of a trial still writing it
-                continue
+        for r in log_rows(log):
             config = _flat({k: v for k, v in r.get("config", {}).items() if k not in INTERNAL})
             knobs.update(dict.fromkeys(config))
             metrics = {k: v for k, v in r.items() if not isinstance(v, dict)}

@@ -130,10 +130,10 @@ def test_model_config_errors(tmp_path, pretrained_dir):
 
 
 def test_a_lora_checkpoint_loads_merged_and_scores_as_in_its_trial(small_pool, pretrained_dir, tmp_path):
-    from trainables.data import encode
-    from trainables.evaluate import evaluate
     from transformers import AutoModelForCausalLM
 
+    from trainables.data import encode
+    from trainables.evaluate import evaluate
     from trainables.model import load, load_trained
     from trainables.model import save as save_model
     from trainables.train import eval_rows
