@@ -66,9 +66,10 @@ def _tie_lines(trials: list[dict]) -> list[str]:
     return [f"warning: {who} scored {value:.3f}, so this one is no better than the others: {why}"]
 
 
-def summary_text(summary: dict) -> str:
+def summary_text(summary: dict, folder: str | Path | None = None) -> str:
     """The finished search in a few lines: the best trial, the Pareto front, the surrogate's
-    proposal, where the results are (what ``mixsearch run`` prints at its end)."""
+    proposal, where the results are (what ``mixsearch run`` prints at its end): in ``folder``
+    when given (a copy read elsewhere), else where the search wrote them."""
     runs = summary.get("run_seconds") or []  # more than one when the experiment was resumed
     lines = [f"{summary['num_trials']} trials in {summary['wall_seconds']:.0f}s"
              + (f" ({', '.join(f'{n} {s.lower()}' for s, n in summary['counts'].items())})"
@@ -100,7 +101,7 @@ def summary_text(summary: dict) -> str:
         lines += _config_lines(prop["config"])
     elif sur:
         lines.append(f"surrogate: {sur.get('error')}")
-    lines.append(f"results: {summary['experiment_path']}/{SUMMARY}")
+    lines.append(f"results: {Path(folder) / SUMMARY if folder is not None else summary['experiment_path'] + '/' + SUMMARY}")
     return "\n".join(lines)
 
 
@@ -160,12 +161,8 @@ def report(experiment: str | Path, out: str | Path | None = None) -> tuple[str, 
     """(the text to print, the plots written) for an experiment folder: ``curves.png`` and
     ``knobs.png`` from the trial logs (where there are any) and, for a finished Pareto search,
     ``front.png``, under ``out``, by default ``<experiment>/report/``."""
-    exp = Path(experiment)
-    if "://" in str(experiment):
-        raise ReportError(f"{experiment}: report reads a local folder; copy the experiment down first "
-                          "(for example `aws s3 sync URI DIR`)")
     try:
-        experiment_folder(exp)
+        exp = experiment_folder(experiment)
     except (FileNotFoundError, ValueError) as e:
         raise ReportError(str(e)) from None
     finished = (exp / SUMMARY).exists()
@@ -175,7 +172,8 @@ def report(experiment: str | Path, out: str | Path | None = None) -> tuple[str, 
         return f"{_unfinished(experiment, *_run_record(experiment))}\n{started} trials started, none has reported an epoch yet", []
     try:
         summary = load_summary(exp) if finished else None
-        text = summary_text(summary) if finished else progress_text(experiment, prog)
+        # The folder read, not the summary's experiment_path: a copy synced from a cluster is elsewhere.
+        text = summary_text(summary, experiment) if finished else progress_text(experiment, prog)
     except (json.JSONDecodeError, KeyError) as e:
         raise ReportError(f"{exp / SUMMARY}: not a mixsearch summary ({type(e).__name__}: {e})") from None
 

@@ -26,7 +26,11 @@ def experiment_folder(experiment: str | Path) -> Path:
     """``experiment`` as a Path, once it is known to be an experiment's folder: one with a
     ``summary.json`` or Tune's ``tuner.pkl``. Raises FileNotFoundError for a missing folder and
     ValueError for another one (the storage path above experiments, say: they are named), where
-    reading the trial logs would quietly find none."""
+    reading the trial logs would quietly find none; ValueError too for a URI (an experiment on a
+    cluster's storage), which must be copied down first."""
+    if "://" in str(experiment):  # Path() would fold "s3://b/x" into "s3:/b/x", "no such folder"
+        raise ValueError(f"{experiment}: a URI; reports, notebooks and export read a local folder: copy the "
+                         "experiment down first (for example `aws s3 sync URI DIR`)")
     exp = Path(experiment)
     if not exp.is_dir():
         raise FileNotFoundError(f"{experiment}: no such folder")

@@ -204,6 +204,8 @@ def test_a_summary_without_its_trial_folders_is_still_reported(experiment, tmp_p
     assert main(["report", str(tmp_path / "copy")]) == 0
     out = capsys.readouterr().out
     assert f"best trial {summary['best']['trial_id']}" in out
+    # The copy's folder, not the one the search wrote (a copy synced from a cluster is elsewhere).
+    assert f"results: {tmp_path / 'copy' / 'summary.json'}\n" in out and str(exp) not in out
     assert sorted(p.name for p in (tmp_path / "copy" / "report").iterdir()) == ["front.png"]
 
 
@@ -213,11 +215,16 @@ def test_what_is_not_an_experiment_is_one_line(experiment, tmp_path, capsys):
     shutil.copytree(exp, broken)
     (broken / "summary.json").write_text("{")
     for target, words in [(tmp_path / "nope", "no such folder"), (tmp_path, "not an experiment"),
-                          ("s3://bucket/results/t", "report reads a local folder"),
+                          ("s3://bucket/results/t", "a URI; reports, notebooks and export read a local folder"),
                           (broken, f"{broken / 'summary.json'}: not a mixsearch summary")]:
         assert main(["report", str(target)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and words in err and "Traceback" not in err
+    # The same for export and the notebook's readers, where Path() made "s3:/bucket/..." no such folder.
+    assert main(["export", "s3://bucket/results/t", str(tmp_path / "m")]) == 2
+    assert "s3://bucket/results/t: a URI; " in capsys.readouterr().err
+    with pytest.raises(ValueError, match="s3://bucket/results/t: a URI; .* copy the experiment down first"):
+        progress("s3://bucket/results/t")
     (tmp_path / "afile").write_text("")
     assert main(["report", str(exp), "--out", str(tmp_path / "afile" / "plots")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'afile' / 'plots'}: cannot write the plots there (Not a directory)\n"
