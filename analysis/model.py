@@ -77,26 +77,48 @@ def _reported(folder: Path, checkpoint: Path) -> dict:
     return rows[-1] if rows else {}
 
 
-def load_trained(experiment: str | Path, trial: str | None = None) -> Trained:
+def _model_config(exp: Path, model: str | None) -> tuple[dict, dict]:
+    """(the experiment's config.yaml, its ``model`` section validated), the pretrained model read
+    from ``model`` when given: where it is on this machine, if not where the trials read it."""
+    from search.config import ModelConfig
+
+    try:
+        config = yaml.safe_load((exp / "config.yaml").read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{exp}: no config.yaml, which says what model the trials trained") from None
+    section = dict(config["model"])
+    if model is not None:
+        if not section.get("pretrained"):
+            raise ValueError(f"--model {model}: the trials trained a tiny model, built from "
+                             f"{exp / 'config.yaml'}; --model says where their pretrained model is")
+        section["pretrained"] = model
+    try:
+        return config, ModelConfig.model_validate(section).model_dump()
+    except ValidationError as e:  # a pretrained model no longer where it was
+        where = f"--model {model}" if model is not None else f"{exp / 'config.yaml'}, key model"
+        hint = "" if model is not None else \
+            " (a copy of the experiment from elsewhere? --model gives the model's folder on this machine)"
+        raise ValueError(f"{where}: {e.errors()[0]['msg'].removeprefix('Value error, ')}{hint}") from None
+
+
+def load_trained(experiment: str | Path, trial: str | None = None, model: str | None = None) -> Trained:
     """The model a trial of ``experiment`` trained, at its last checkpoint (the best trial's by
     default; ``trial`` is an id as the summary gives it). Builds the model as the trials did
-    (the tiny one, or the pretrained one, which must still be where the config says) and loads
-    the checkpoint's parameters into it; works on a running search too, given a trial."""
-    from search.config import CHAT_PROMPT, ModelConfig
+    (the tiny one, or the pretrained one: where the config says, or ``model``, a local folder or
+    hub id, for an experiment copied from a cluster) and loads the checkpoint's parameters into
+    it; works on a running search too, given a trial."""
+    from search.config import CHAT_PROMPT
     from trainables.model import load_trained as load_model
     from trainables.tokenizer import PROMPT
 
     exp = experiment_folder(experiment)
     folder = _trial_folder(exp, trial)
     checkpoint = _last_checkpoint(folder)
+    config, model_cfg = _model_config(exp, model)
     try:
-        config = yaml.safe_load((exp / "config.yaml").read_text())
-        model_cfg = ModelConfig.model_validate(config["model"]).model_dump()
-    except FileNotFoundError:
-        raise ValueError(f"{exp}: no config.yaml, which says what model the trials trained") from None
-    except ValidationError as e:  # a pretrained model no longer where it was
-        raise ValueError(f"{exp / 'config.yaml'}, key model: {e.errors()[0]['msg']}") from None
-    model, tokenizer = load_model(model_cfg, checkpoint)
+        net, tokenizer = load_model(model_cfg, checkpoint)
+    except RuntimeError as e:  # load_weights: another model than the trials trained (--model)
+        raise ValueError(f"{model_cfg['pretrained'] or 'the tiny model'}: not the model the trials trained: {e}") from None
     corpus = config["corpus"]
     prompt = corpus["files"]["prompt"] if corpus["source"] == "files" else PROMPT
     row = _reported(folder, checkpoint)
@@ -114,7 +136,7 @@ def load_trained(experiment: str | Path, trial: str | None = None) -> Trained:
         "bos": tokenizer.bos_token_id is not None and prompt != CHAT_PROMPT,
         "max_length": model_cfg["max_length"],
     }
-    return Trained(model, tokenizer, info)
+    return Trained(net, tokenizer, info)
 
 
 def _prompts(trained: Trained, instructions: list[str], inputs: list[str] | None):
@@ -148,16 +170,16 @@ def answers(trained: Trained, instructions: list[str], inputs: list[str] | None 
                             max_new_tokens=max_new_tokens)
 
 
-def export(experiment: str | Path, out: str | Path, trial: str | None = None) -> Trained:
+def export(experiment: str | Path, out: str | Path, trial: str | None = None, model: str | None = None) -> Trained:
     """Save a trial's trained model (``load_trained``) as a transformers model directory at
     ``out``, with its tokenizer and ``mixsearch.json`` (``Trained.info``). ``out`` must not hold
-    anything yet; it appears complete or not at all."""
+    anything yet; it appears complete or not at all. ``model``: as in ``load_trained``."""
     from trainables.model import save
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: already exists and is not an empty folder; nothing was written")
-    trained = load_trained(experiment, trial)
+    trained = load_trained(experiment, trial, model)
     model, tokenizer = trained.model, trained.tokenizer
     # The tiny model's config names no pad token (trials pass it to generate); a user's generate() needs it.
     model.generation_config.pad_token_id = tokenizer.pad_token_id

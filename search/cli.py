@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("experiment", help="the experiment's folder (STORAGE_PATH/NAME)")
     exp.add_argument("out", help="a new folder: the model, its tokenizer and mixsearch.json")
     exp.add_argument("--trial", help="a trial id (default: the best trial)")
+    exp.add_argument("--model", metavar="PATH", help="the pretrained model the trials fine-tuned, where it is "
+                     "here (default: where config.yaml says; for an experiment copied from a cluster)")
     return p
 
 
@@ -113,7 +115,7 @@ def _main(argv: list[str] | None) -> int:
         from analysis.model import export
 
         try:
-            info = export(args.experiment, args.out, args.trial).info
+            info = export(args.experiment, args.out, args.trial, args.model).info
         except (ValueError, OSError) as e:  # not an experiment, no such trial, OUT taken, a model gone
             print(f"error: {e}", file=sys.stderr)
             return 2

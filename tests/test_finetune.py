@@ -68,6 +68,55 @@ def test_lora_resume_is_exact_with_dropout(small_pool, pretrained_dir, tmp_path)
     assert [m["train_loss"] for m in resumed] == pytest.approx([m["train_loss"] for m in straight[1:]], rel=1e-6)
 
 
+def test_an_experiment_copied_from_a_cluster_exports_given_where_its_model_is_here(small_pool, pretrained_dir, tmp_path, capsys):
+    # The trials read their pretrained model at a cluster's path; in a copy of the experiment on a
+    # laptop, export is told where that model is there (--model), and refuses any other model.
+    import json
+
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    from search.cli import main
+    from trainables.data import encode
+    from trainables.evaluate import evaluate
+    from trainables.model import build_model
+    from trainables.model import save as save_model
+    from trainables.tokenizer import char_tokenizer
+    from trainables.train import eval_rows
+
+    cfg, pool = small_pool
+    config = config_for(cfg, pool, {"tiny": None, "pretrained": str(pretrained_dir), "lora": LORA}, epochs=1)
+    (metrics, save), = list(run_epochs(config))
+    exp = tmp_path / "copied"
+    (exp / "trial_abc" / "checkpoint_000000").mkdir(parents=True)
+    save(exp / "trial_abc" / "checkpoint_000000")
+    row = {**metrics, "trial_id": "abc", "checkpoint_dir_name": "checkpoint_000000", "config": {"budget": 400}}
+    (exp / "trial_abc" / "result.json").write_text(json.dumps(row) + "\n")
+    model = config["setup"]["model"] | {"pretrained": "/mnt/cluster/models/tiny-gpt2"}
+    (exp / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json") | {"model": model}))
+    (exp / "summary.json").write_text(json.dumps({"best": {"trial_id": "abc"}}))
+
+    assert main(["export", str(exp), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "key model: /mnt/cluster/models/tiny-gpt2: not a model directory" in err and "--model" in err
+    other = tmp_path / "other"  # a model of another shape than the one the adapters were trained on
+    save_model(build_model({"n_layer": 1, "n_embd": 48, "n_head": 2}, 32, char_tokenizer()), char_tokenizer(), other)
+    capsys.readouterr()  # transformers' progress bar
+    assert main(["export", str(exp), str(tmp_path / "out"), "--model", str(other)]) == 2
+    err = capsys.readouterr().err
+    last = err.rstrip("\n").split("\n")[-1]  # after transformers' progress bar
+    assert last.startswith(f"error: {other}: not the model the trials trained: ") and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+    assert main(["export", str(exp), str(tmp_path / "out"), "--model", str(pretrained_dir)]) == 0
+    assert json.loads((tmp_path / "out" / "mixsearch.json").read_text())["epoch"] == 1
+    tok = char_tokenizer()
+    unseen = encode(eval_rows(pool, cfg.training.eval_examples, cfg.seed), tok, cfg.model.max_length)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert evaluate(merged, tok, unseen, max_length=cfg.model.max_length)["unseen_loss"] == pytest.approx(
+        metrics["unseen_loss"], rel=1e-4)
+
+
 def test_gradient_accumulation_matches_one_batch(small_pool):
     cfg, pool = small_pool
     one = [m["train_loss"] for m, _ in run_epochs(config_for(cfg, pool, {}, epochs=2, batch_size=64))]

@@ -327,6 +327,8 @@ def test_a_trials_model_is_exported_for_transformers_and_scores_as_in_its_trial(
     assert main(["export", str(exp), str(tmp_path / "x"), "--trial", "nope"]) == 2
     err = capsys.readouterr().err
     assert "no trial nope (its trials: " in err and all(t["trial_id"] in err for t in summary["trials"])
+    assert main(["export", str(exp), str(tmp_path / "x"), "--model", str(tmp_path)]) == 2
+    assert "the trials trained a tiny model" in capsys.readouterr().err  # --model replaces a pretrained one
     live = tmp_path / "live"
     shutil.copytree(exp, live)
     (live / "summary.json").unlink()

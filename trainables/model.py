@@ -76,8 +76,16 @@ def load(model_cfg: dict):
 
 def load_weights(model, checkpoint: Path) -> None:
     """Load a trial checkpoint's trained parameters into ``model`` (as ``load`` built it).
-    Raises RuntimeError when they do not fit it: parameters it lacks, or trained ones missing."""
+    Raises RuntimeError when they do not fit it: parameters it lacks or has in another shape, or
+    trained ones missing."""
     weights = load_file(str(Path(checkpoint) / WEIGHTS))
+    own = model.state_dict()
+    # Checked first: torch's own error for a shape mismatch spans a line per parameter.
+    resized = [n for n, t in weights.items() if n in own and own[n].shape != t.shape]
+    if resized:
+        raise RuntimeError(f"{checkpoint}: checkpoint does not match the model ({len(resized)} parameters of "
+                           f"another shape, e.g. {resized[0]}: {tuple(weights[resized[0]].shape)} in the "
+                           f"checkpoint, {tuple(own[resized[0]].shape)} in the model)")
     _, unexpected = model.load_state_dict(weights, strict=False)  # frozen base weights are not stored
     absent = {n for n, p in model.named_parameters() if p.requires_grad} - set(weights)
     if unexpected or absent:
