@@ -19,12 +19,15 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
 
-from analysis.results import INTERNAL, experiment_folder, load_summary, log_rows
+from analysis.results import INTERNAL, SUMMARY, experiment_folder, load_summary, log_rows
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 INFO = "mixsearch.json"
 
@@ -137,6 +140,43 @@ def load_trained(experiment: str | Path, trial: str | None = None, model: str | 
         "max_length": model_cfg["max_length"],
     }
     return Trained(net, tokenizer, info)
+
+
+def _pool(exp: Path, config: dict) -> Path:
+    """The pool the experiment's trials read: where its summary says (an absolute path), else where
+    its config puts it from here; a relative ``pool_dir`` is relative to where the search ran."""
+    from search.config import Config
+    from search.pool import pool_path
+
+    tried = []
+    if (exp / SUMMARY).exists() and load_summary(exp).get("pool"):
+        tried.append(Path(load_summary(exp)["pool"]))
+    try:
+        tried.append(pool_path(Config.model_validate(config)))
+    except ValidationError:  # a model or corpus file that is not on this machine: the summary's it is
+        pass
+    found = next((p for p in tried if (p / "unseen").is_dir()), None)
+    if found is None:
+        where = ", ".join(map(str, tried)) or "neither its summary nor its config names one here"
+        raise FileNotFoundError(f"{exp}: the pool its trials read is not here ({where}); "
+                                f"`mixsearch prepare {exp / 'config.yaml'}`, run where the search ran, writes it again")
+    return found
+
+
+def unseen_items(experiment: str | Path) -> "pd.DataFrame":
+    """The unseen items every trial of ``experiment`` was scored on (the same subsample of the
+    pool's unseen split): ``domain``, ``task``, ``instruction``, ``input``, ``output`` (and, for
+    answers with several, ``references``). With ``answers``, what a trial's model got right."""
+    from trainables.train import eval_rows
+
+    exp = experiment_folder(experiment)
+    try:
+        config = yaml.safe_load((exp / "config.yaml").read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{exp}: no config.yaml, which says which items the trials were scored on") from None
+    rows = eval_rows(_pool(exp, config), config["training"]["eval_examples"], config["seed"])
+    keep = ["domain", "task", "instruction", "input", "output"] + (["references"] if "references" in rows.column_names else [])
+    return rows.select(keep).to_pandas()
 
 
 def _prompts(trained: Trained, instructions: list[str], inputs: list[str] | None):

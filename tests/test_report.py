@@ -249,7 +249,7 @@ def test_the_storage_path_instead_of_an_experiment_is_named_as_such_everywhere(e
     assert len(curves(exp)) > 0 and len(progress(exp)) == 5
 
 
-def test_the_notebook_runs_on_an_experiment(experiment):
+def test_the_notebook_runs_on_an_experiment(experiment, tmp_path):
     # In a real Jupyter kernel, as a user runs it: the figures must come out as images.
     from pathlib import Path
 
@@ -257,6 +257,13 @@ def test_the_notebook_runs_on_an_experiment(experiment):
     from nbclient import NotebookClient
 
     exp, summary, _ = experiment
+    # As if the search ran in another folder: its pool_dir is relative to that one, not to the
+    # notebook's (the last cell looked for the pool here, and failed).
+    shutil.copytree(exp, tmp_path / "t")
+    exp = tmp_path / "t"
+    config = yaml.safe_load((exp / "config.yaml").read_text())
+    config["corpus"]["pool_dir"] = "./mixsearch_pools"
+    (exp / "config.yaml").write_text(yaml.safe_dump(config))
     root = Path(__file__).parents[1]
     nb = nbformat.read(root / "analysis" / "explore.ipynb", as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -282,7 +289,7 @@ def test_the_notebook_runs_on_an_experiment(experiment):
 def test_a_trials_model_is_exported_for_transformers_and_scores_as_in_its_trial(experiment, tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from analysis.model import answers, load_trained, prompt_ids
+    from analysis.model import answers, load_trained, prompt_ids, unseen_items
     from search.config import load_config
     from search.pool import pool_path
     from trainables.data import IGNORE, encode
@@ -308,6 +315,10 @@ def test_a_trials_model_is_exported_for_transformers_and_scores_as_in_its_trial(
     logged = next(r for r in log if r.get("epoch") == info["epoch"])
     assert scores["unseen_loss"] == pytest.approx(logged["unseen_loss"], rel=1e-4)
     assert scores["unseen_token_accuracy"] == pytest.approx(logged["unseen_token_accuracy"], abs=0.005)
+
+    items = unseen_items(exp)  # the items the trials were scored on
+    assert {k: list(items[k]) for k in ("domain", "instruction", "input", "output")} == {
+        k: rows[k].to_pylist() for k in ("domain", "instruction", "input", "output")}
 
     # Prompts are built as prepare wrote the pool's rows, so answers() are those the evaluation scored.
     trained = load_trained(exp)
@@ -340,5 +351,7 @@ def test_a_trials_model_is_exported_for_transformers_and_scores_as_in_its_trial(
     (live / "config.yaml").write_text(yaml.safe_dump(config))
     assert prompt_ids(load_trained(live, best["trial_id"]), ["ab"], ["cd"]) == [
         [tok.bos_token_id, *tok("Q: ab\ncd\nA: ", add_special_tokens=False)["input_ids"]]]
+    with pytest.raises(FileNotFoundError, match="the pool its trials read is not here .*`mixsearch prepare "):
+        unseen_items(live)  # no summary naming it, and a config whose corpus file is not here
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial folder left
