@@ -1,8 +1,9 @@
 """Stage 6, report: the model a search trained, to try in a notebook or to export.
 
-    from analysis.model import load_trained, answers, prompt_ids, export
+    from analysis.model import load_trained, answers, prompt_ids, unseen_items, export
     best = load_trained("mixsearch_results/default")              # the best trial's last checkpoint
     answers(best, ["bcbc->bb"], ["bcbcbfad"])                      # greedy, prompted as in training
+    items = unseen_items("mixsearch_results/default")             # what every trial was scored on
     export("mixsearch_results/default", "best-model")              # a transformers model directory
 
 A trial's checkpoint holds only the trained parameters (the adapters, with LoRA); the experiment's
@@ -80,15 +81,20 @@ def _reported(folder: Path, checkpoint: Path) -> dict:
     return rows[-1] if rows else {}
 
 
+def _config(exp: Path) -> dict:
+    """The config the experiment started with (every key), as saved beside it."""
+    try:
+        return yaml.safe_load((exp / "config.yaml").read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{exp}: no config.yaml, which says what model the trials trained and on what") from None
+
+
 def _model_config(exp: Path, model: str | None) -> tuple[dict, dict]:
     """(the experiment's config.yaml, its ``model`` section validated), the pretrained model read
     from ``model`` when given: where it is on this machine, if not where the trials read it."""
     from search.config import ModelConfig
 
-    try:
-        config = yaml.safe_load((exp / "config.yaml").read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{exp}: no config.yaml, which says what model the trials trained") from None
+    config = _config(exp)
     section = dict(config["model"])
     if model is not None:
         if not section.get("pretrained"):
@@ -148,12 +154,11 @@ def _pool(exp: Path, config: dict) -> Path:
     from search.config import Config
     from search.pool import pool_path
 
-    tried = []
-    if (exp / SUMMARY).exists() and load_summary(exp).get("pool"):
-        tried.append(Path(load_summary(exp)["pool"]))
+    summary = load_summary(exp) if (exp / SUMMARY).exists() else {}
+    tried = [Path(summary["pool"])] if summary.get("pool") else []
     try:
         tried.append(pool_path(Config.model_validate(config)))
-    except ValidationError:  # a model or corpus file that is not on this machine: the summary's it is
+    except ValidationError:  # its model or corpus files are not on this machine: only the summary's then
         pass
     found = next((p for p in tried if (p / "unseen").is_dir()), None)
     if found is None:
@@ -170,10 +175,7 @@ def unseen_items(experiment: str | Path) -> "pd.DataFrame":
     from trainables.train import eval_rows
 
     exp = experiment_folder(experiment)
-    try:
-        config = yaml.safe_load((exp / "config.yaml").read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{exp}: no config.yaml, which says which items the trials were scored on") from None
+    config = _config(exp)
     rows = eval_rows(_pool(exp, config), config["training"]["eval_examples"], config["seed"])
     keep = ["domain", "task", "instruction", "input", "output"] + (["references"] if "references" in rows.column_names else [])
     return rows.select(keep).to_pandas()
