@@ -39,7 +39,8 @@ class Trained:
     holds ``trial_id``, ``checkpoint``, ``epoch``, the scores reported at that epoch
     (``unseen_accuracy``, per domain in ``per_domain``), the trial's ``config`` (its mixture and
     knobs), ``prompt`` (the template, or ``chat``), ``bos`` (whether rows start with the
-    tokenizer's BOS token) and ``max_length``."""
+    tokenizer's BOS token), ``max_length``, ``base_model`` (the pretrained model the trials read,
+    or None for a tiny one) and ``lora`` (its settings, or None)."""
 
     model: Any
     tokenizer: Any
@@ -144,6 +145,9 @@ def load_trained(experiment: str | Path, trial: str | None = None, model: str | 
         "prompt": prompt,
         "bos": tokenizer.bos_token_id is not None and prompt != CHAT_PROMPT,
         "max_length": model_cfg["max_length"],
+        # What it was fine-tuned from, as the trials read it (not --model's copy): null for the tiny one.
+        "base_model": config["model"].get("pretrained"),
+        "lora": model_cfg["lora"],
     }
     return Trained(net, tokenizer, info)
 

@@ -109,7 +109,9 @@ def test_an_experiment_copied_from_a_cluster_exports_given_where_its_model_is_he
     assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
     assert main(["export", str(exp), str(tmp_path / "out"), "--model", str(pretrained_dir)]) == 0
-    assert json.loads((tmp_path / "out" / "mixsearch.json").read_text())["epoch"] == 1
+    info = json.loads((tmp_path / "out" / "mixsearch.json").read_text())
+    assert info["epoch"] == 1 and info["base_model"] == "/mnt/cluster/models/tiny-gpt2"  # as the trials read it
+    assert info["lora"] == LORA
     tok = char_tokenizer()
     unseen = encode(eval_rows(pool, cfg.training.eval_examples, cfg.seed), tok, cfg.model.max_length)
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out")

@@ -304,6 +304,7 @@ def test_a_trials_model_is_exported_for_transformers_and_scores_as_in_its_trial(
     info = json.loads((out / "mixsearch.json").read_text())
     assert (info["trial_id"], info["epoch"], info["config"]) == (best["trial_id"], best["training_iteration"], best["config"])
     assert info["per_domain"] == best["per_domain"] and info["bos"] and info["prompt"] == "{instruction}|{input}="
+    assert info["base_model"] is None and info["lora"] is None  # the tiny model, trained whole
 
     # Loaded by transformers alone, it scores the unseen items as its trial did at that epoch.
     model, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
