@@ -101,7 +101,7 @@ def summary_text(summary: dict, folder: str | Path | None = None) -> str:
         lines += _config_lines(prop["config"])
     elif sur:
         lines.append(f"surrogate: {sur.get('error')}")
-    lines.append(f"results: {Path(folder) / SUMMARY if folder is not None else summary['experiment_path'] + '/' + SUMMARY}")
+    lines.append(f"results: {Path(folder) if folder is not None else summary['experiment_path']}/{SUMMARY}")
     return "\n".join(lines)
 
 

@@ -28,7 +28,9 @@ def experiment_folder(experiment: str | Path) -> Path:
     ValueError for another one (the storage path above experiments, say: they are named), where
     reading the trial logs would quietly find none; ValueError too for a URI (an experiment on a
     cluster's storage), which must be copied down first."""
-    if "://" in str(experiment):  # Path() would fold "s3://b/x" into "s3:/b/x", "no such folder"
+    from search.config import is_uri
+
+    if is_uri(str(experiment)):  # Path() would fold "s3://b/x" into "s3:/b/x", "no such folder"
         raise ValueError(f"{experiment}: a URI; reports, notebooks and export read a local folder: copy the "
                          "experiment down first (for example `aws s3 sync URI DIR`)")
     exp = Path(experiment)
