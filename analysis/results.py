@@ -27,9 +27,10 @@ def experiment_folder(experiment: str | Path) -> Path:
     ``summary.json`` or Tune's ``tuner.pkl``. Raises FileNotFoundError for a missing folder and
     ValueError for another one (the storage path above experiments, say: they are named), where
     reading the trial logs would quietly find none; ValueError too for a URI (an experiment on a
-    cluster's storage), which must be copied down first."""
-    from search.config import is_uri
+    cluster's storage), which must be copied down first, and for an empty path."""
+    from search.config import is_uri, not_empty
 
+    not_empty(str(experiment))  # "" would read the working directory
     if is_uri(str(experiment)):  # Path() would fold "s3://b/x" into "s3:/b/x", "no such folder"
         raise ValueError(f"{experiment}: a URI; reports, notebooks and export read a local folder: copy the "
                          "experiment down first (for example `aws s3 sync URI DIR`)")

@@ -15,7 +15,7 @@ import os
 import sys
 from dataclasses import asdict
 
-from search.config import DEFAULT_CONFIG, ConfigError, load_config
+from search.config import DEFAULT_CONFIG, ConfigError, load_config, not_empty
 
 
 def versions() -> str:
@@ -33,6 +33,15 @@ def versions() -> str:
     return f"mixsearch {of('mixsearch')} (Python {sys.version.split()[0]}; {libraries})"
 
 
+def _path(value: str) -> str:
+    # `mixsearch report "$EXP"` with EXP unset would read the working directory (and `--out ""`
+    # write there). --storage-path and --start-from are checked with the rest of the config.
+    try:
+        return not_empty(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mixsearch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=versions(),
@@ -41,11 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     verbs.add_parser("config", help="print the default config")
 
     prep = verbs.add_parser("prepare", help="write (or reuse) the pool of a config")
-    prep.add_argument("config", nargs="?", help="YAML config (default: the built-in one)")
+    prep.add_argument("config", nargs="?", type=_path, help="YAML config (default: the built-in one)")
     prep.add_argument("--force", action="store_true", help="rewrite the pool even if it exists")
 
     run = verbs.add_parser("run", help="search mixtures; prepares the pool if needed")
-    run.add_argument("config", nargs="?", help="YAML config (default: the built-in one)")
+    run.add_argument("config", nargs="?", type=_path, help="YAML config (default: the built-in one)")
     run.add_argument("--name", help="experiment name (results in STORAGE_PATH/NAME)")
     run.add_argument("--storage-path", help="where experiments are stored (a folder)")
     run.add_argument("--num-samples", type=int, help="number of trials")
@@ -56,14 +65,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="check the config and its inputs and print what the run would do; start nothing")
 
     rep = verbs.add_parser("report", help="summarize an experiment, finished or running, and plot it")
-    rep.add_argument("experiment", help="the experiment's folder (STORAGE_PATH/NAME)")
-    rep.add_argument("--out", help="where the plots go (default: EXPERIMENT/report)")
+    rep.add_argument("experiment", type=_path, help="the experiment's folder (STORAGE_PATH/NAME)")
+    rep.add_argument("--out", type=_path, help="where the plots go (default: EXPERIMENT/report)")
 
     exp = verbs.add_parser("export", help="save a trial's trained model (the best by default) for transformers")
-    exp.add_argument("experiment", help="the experiment's folder (STORAGE_PATH/NAME)")
-    exp.add_argument("out", help="a new folder: the model, its tokenizer and mixsearch.json")
+    exp.add_argument("experiment", type=_path, help="the experiment's folder (STORAGE_PATH/NAME)")
+    exp.add_argument("out", type=_path, help="a new folder: the model, its tokenizer and mixsearch.json")
     exp.add_argument("--trial", help="a trial id (default: the best trial)")
-    exp.add_argument("--model", metavar="PATH", help="the pretrained model the trials fine-tuned, where it is "
+    exp.add_argument("--model", metavar="PATH", type=_path, help="the pretrained model the trials fine-tuned, where it is "
                      "here (default: where config.yaml says; for an experiment copied from a cluster)")
     return p
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -24,7 +25,16 @@ class ConfigError(ValueError):
     """A config that cannot be run; the message says which file, line and key."""
 
 
-def _no_variables(path: str) -> str:
+def not_empty(path: str) -> str:
+    """``path`` unchanged, or ValueError if it is empty or blank. pathlib reads "" as the working
+    directory, so `--storage-path "$RESULTS"` with RESULTS unset would write there without a word."""
+    if not path.strip():
+        raise ValueError("an empty path: write one out ('.' for the working directory)")
+    return path
+
+
+def _checked_path(path: str) -> str:
+    not_empty(path)
     # "$SCRATCH/results" would quietly become a folder named "$SCRATCH" in the working directory.
     found = re.search(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?", path)
     if found:
@@ -33,8 +43,8 @@ def _no_variables(path: str) -> str:
     return path
 
 
-# A local path or URI in the config: "~" is expanded where it is used, environment variables are refused.
-PathStr = Annotated[str, AfterValidator(_no_variables)]
+# A local path or URI in the config: "~" is expanded where it is used; environment variables and "" are refused.
+PathStr = Annotated[str, AfterValidator(_checked_path)]
 
 
 class _Strict(BaseModel):
@@ -759,7 +769,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
             for key in parents:
                 node = node.setdefault(key, {}) if isinstance(node.get(key, {}), dict) else {}
             node[leaf] = value
-            cli[dotted] = f"--{leaf.replace('_', '-')} {value}"
+            # Quoted as a shell would take it back: an empty value shows as '', not as nothing.
+            cli[dotted] = f"--{leaf.replace('_', '-')} {shlex.quote(str(value))}"
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:

@@ -1,5 +1,7 @@
 """Each config error is caught before Ray starts, naming file, line and key."""
 
+import shlex
+
 import pytest
 import ray
 import yaml
@@ -136,7 +138,8 @@ def test_an_experiment_name_is_a_folder_of_its_own(tmp_path, capsys, name):
     path = write_config(tmp_path)
     assert main(["run", str(path), "--name", name]) == 2
     err = capsys.readouterr().err
-    assert f"command line --name {name}, key name: {name!r} is not a folder name" in err, err
+    # The flag's value is shown as a shell would take it: '' for the empty one.
+    assert f"command line --name {shlex.quote(name)}, key name: {name!r} is not a folder name" in err, err
     assert not ray.is_initialized() and not (tmp_path / "results").exists()
     # The same in the file is blamed on its line.
     path = write_config(tmp_path, {"name": name})
@@ -163,6 +166,37 @@ def test_an_environment_variable_in_a_path_is_refused_not_taken_as_a_folder_name
     if key.startswith("corpus.files"):
         assert "key corpus.files.unseen.tasks_file: $DATA: environment variables" in msg, msg
     assert load_config(write_config(tmp_path, {"storage_path": "~/results"})).storage_path == "~/results"
+
+
+def test_an_empty_path_is_refused_not_taken_as_the_working_directory(tmp_path, monkeypatch, capsys):
+    # pathlib reads "" as ".": `--storage-path "$RESULTS"` with RESULTS unset wrote the experiment
+    # into the working directory, and `mixsearch report ""` read it.
+    from analysis.results import experiment_folder
+
+    monkeypatch.chdir(tmp_path)
+    words = "an empty path: write one out ('.' for the working directory)"
+    for extra, key in (({"storage_path": ""}, "storage_path"), ({"corpus": {"pool_dir": "  "}}, "corpus.pool_dir"),
+                       ({"search": {"start_from": ""}}, "search.start_from")):
+        path = write_config(tmp_path, extra)
+        line = next(i for i, text in enumerate(path.read_text().splitlines(), 1)
+                    if text.strip().startswith(key.split(".")[-1] + ":"))
+        assert f"{path}, line {line}, key {key}: {words}" in error_of(path)
+    path = write_config(tmp_path)
+    for flag, key in (("--storage-path", "storage_path"), ("--start-from", "search.start_from")):
+        assert main(["run", str(path), flag, "", "--dry-run"]) == 2
+        assert f"command line {flag} '', key {key}: {words}" in capsys.readouterr().err
+    # The verbs' own paths are refused by the argument parser, before anything is read or written.
+    for argv, name in ((["report", ""], "experiment"), (["report", str(tmp_path), "--out", ""], "--out"),
+                       (["export", "", "m"], "experiment"), (["export", str(tmp_path), " "], "out"),
+                       (["export", str(tmp_path), "m", "--model", ""], "--model"), (["run", ""], "config"),
+                       (["prepare", ""], "config")):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 2 and f"argument {name}: {words}" in capsys.readouterr().err, argv
+    with pytest.raises(ValueError, match="an empty path"):
+        experiment_folder("")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"] and not ray.is_initialized()
+    assert load_config(write_config(tmp_path, {"storage_path": "."})).storage_path == "."
 
 
 def test_a_value_from_the_command_line_is_blamed_on_its_flag_not_the_file(tmp_path, capsys):
