@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from search.config import ConfigError, load_config
 from tests.conftest import write_config
 from trainables.evaluate import normalize, rouge_l
-from trainables.train import WEIGHTS, run_epochs
+from trainables.model import WEIGHTS
+from trainables.train import run_epochs
 
 
 def config_for(cfg, pool, model: dict, **training) -> dict:
@@ -66,6 +67,26 @@ def test_lora_resume_is_exact_with_dropout(small_pool, pretrained_dir, tmp_path)
     first.close()
     resumed = [m for m, _ in run_epochs(config, resume_from=tmp_path)]
     assert [m["train_loss"] for m in resumed] == pytest.approx([m["train_loss"] for m in straight[1:]], rel=1e-6)
+    # Resumed where the model at that path has since been replaced by one of the same shape: the
+    # adapters would go on training on another base; the checkpoint's fingerprint of it says so.
+    moved = config_for(cfg, pool, {"tiny": None, "pretrained": str(variant_of(pretrained_dir, tmp_path / "v")),
+                                   "lora": LORA}, epochs=3)
+    with pytest.raises(RuntimeError, match=f"{tmp_path}: trained on other base weights than this model's"):
+        next(run_epochs(moved, resume_from=tmp_path))
+
+
+def variant_of(pretrained, path):
+    """A copy of the pretrained model with other weights of the same shapes (a fine-tuned variant)."""
+    from transformers import AutoModelForCausalLM
+
+    from trainables.model import save
+    from trainables.tokenizer import char_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(pretrained)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.01)  # tied to the embedding: one tensor changed, as fine-tuning might
+    save(model, char_tokenizer(), path)
+    return path
 
 
 def test_an_experiment_copied_from_a_cluster_exports_given_where_its_model_is_here(small_pool, pretrained_dir, tmp_path, capsys):
@@ -106,6 +127,14 @@ def test_an_experiment_copied_from_a_cluster_exports_given_where_its_model_is_he
     err = capsys.readouterr().err
     last = err.rstrip("\n").split("\n")[-1]  # after transformers' progress bar
     assert last.startswith(f"error: {other}: not the model the trials trained: ") and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # The same architecture with other weights (a fine-tuned variant): the checkpoint holds only the
+    # adapters, which merged into it without a word; the base's fingerprint in it tells them apart.
+    variant = variant_of(pretrained_dir, tmp_path / "variant")
+    capsys.readouterr()
+    assert main(["export", str(exp), str(tmp_path / "out"), "--model", str(variant)]) == 2
+    last = capsys.readouterr().err.rstrip("\n").split("\n")[-1]
+    assert last.startswith(f"error: {variant}: not the model the trials trained: ") and "other base weights" in last
     assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
     assert main(["export", str(exp), str(tmp_path / "out"), "--model", str(pretrained_dir)]) == 0

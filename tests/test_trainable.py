@@ -58,7 +58,8 @@ def test_one_pass_exact_match_equals_greedy_generate(small_pool, tmp_path):
     from safetensors.torch import load_file
 
     from search.mixture import materialize
-    from trainables.train import WEIGHTS, mixture_of
+    from trainables.model import WEIGHTS
+    from trainables.train import mixture_of
 
     cfg, pool = small_pool
     tok = char_tokenizer()

@@ -6,16 +6,19 @@ so the loading path a trial uses is the real transformers one.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from trainables.tokenizer import hub_offline, load_tokenizer
 
 WEIGHTS = "model.safetensors"  # a checkpoint's trained parameters (the adapters only, with LoRA)
+BASE = "base_fingerprint"  # its metadata key: the frozen weights the adapters were trained on
 
 
 def build_model(tiny: dict, max_length: int, tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
@@ -74,11 +77,42 @@ def load(model_cfg: dict):
     return model, tokenizer
 
 
+def base_fingerprint(model) -> str | None:
+    """A fingerprint of the weights ``model`` does not train (the base model under LoRA adapters;
+    None when it trains them all): a hash of each frozen tensor's name, shape and up to 1,024 of
+    its values at a fixed stride. Models of one architecture with other weights (a fine-tuned
+    variant) differ in it; it reads a few KB a tensor, on whatever device the model is."""
+    frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+    if not frozen:
+        return None
+    digest = hashlib.blake2b(digest_size=8)
+    for name, p in frozen:
+        flat = p.detach().flatten()
+        # A strided copy, not a reduction: the same bytes on a GPU as on the CPU.
+        sample = flat[:: max(1, flat.numel() // 1024)][:1024].to("cpu", torch.float32)
+        digest.update(f"{name}{tuple(p.shape)}".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_weights(model, checkpoint: Path) -> None:
+    """Save the parameters being trained (everything in full fine-tuning, the adapters with
+    LoRA) into a checkpoint folder, with the fingerprint of the frozen rest, which the
+    checkpoint does not hold and ``load_weights`` checks. ``named_parameters`` lists tied
+    parameters (GPT-2's embedding and head) once."""
+    state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    base = base_fingerprint(model)
+    save_file(state, str(Path(checkpoint) / WEIGHTS), metadata={BASE: base} if base else None)
+
+
 def load_weights(model, checkpoint: Path) -> None:
     """Load a trial checkpoint's trained parameters into ``model`` (as ``load`` built it).
-    Raises RuntimeError when they do not fit it: parameters it lacks or has in another shape, or
-    trained ones missing."""
-    weights = load_file(str(Path(checkpoint) / WEIGHTS))
+    Raises RuntimeError when they do not fit it: parameters it lacks or has in another shape,
+    trained ones missing, or frozen (base) weights other than those they were trained on."""
+    path = str(Path(checkpoint) / WEIGHTS)
+    weights = load_file(path)
+    with safe_open(path, "pt") as f:
+        trained_on = (f.metadata() or {}).get(BASE)  # absent in checkpoints saved before it was kept
     own = model.state_dict()
     # Checked first: torch's own error for a shape mismatch spans a line per parameter.
     resized = [n for n, t in weights.items() if n in own and own[n].shape != t.shape]
@@ -90,6 +124,10 @@ def load_weights(model, checkpoint: Path) -> None:
     absent = {n for n, p in model.named_parameters() if p.requires_grad} - set(weights)
     if unexpected or absent:
         raise RuntimeError(f"{checkpoint}: checkpoint does not match the model ({sorted(unexpected or absent)[:3]})")
+    here = base_fingerprint(model) if trained_on else None
+    if trained_on != here:  # adapters on another base would load without a word, and answer wrong
+        raise RuntimeError(f"{checkpoint}: trained on other base weights than this model's (frozen weights' "
+                           f"fingerprint {trained_on} in the checkpoint, {here} here)")
 
 
 def load_trained(model_cfg: dict, checkpoint: Path):

@@ -31,14 +31,13 @@ from typing import Callable, Iterator
 
 import pyarrow as pa
 import torch
-from safetensors.torch import save_file
 
 from search.mixture import Mixture, materialize
 from search.pool import Manifest, read_split
 from trainables.data import IGNORE, Encoded, batch, encode, token_loss
 from trainables.evaluate import evaluate
 from trainables.faults import maybe_inject
-from trainables.model import WEIGHTS, load, load_weights
+from trainables.model import load, load_weights, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -122,16 +121,8 @@ def train_epoch(model, optimizer, scheduler, data: Encoded, order: torch.Tensor,
     return loss_sum, answer_tokens, all_tokens
 
 
-def _trained_state(model) -> dict[str, torch.Tensor]:
-    """The parameters being trained: everything in full fine-tuning, the adapters with LoRA.
-
-    ``named_parameters`` lists tied parameters (GPT-2's embedding and head) once.
-    """
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-
-
 def _save(path: Path, model, optimizer, scheduler, epoch: int, examples_seen: int) -> None:
-    save_file(_trained_state(model), str(path / WEIGHTS))
+    save_weights(model, path)
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
