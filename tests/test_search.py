@@ -81,13 +81,16 @@ def test_three_trial_search_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_search_with_a_local_pretrained_model_and_lora(tmp_path, pretrained_dir):
+def test_search_with_a_local_pretrained_model_and_lora(tmp_path, pretrained_dir, capfd):
     path = write_config(tmp_path, {
         "model": {"tiny": None, "pretrained": str(pretrained_dir),
                   "lora": {"rank": 4, "alpha": 8, "target_modules": ["c_attn", "c_proj"]}},
         "search": {"num_samples": 2},
     })
     assert main(["run", str(path)]) == 0
+    out = capfd.readouterr()
+    # Ray forwards trials' output to the search's: it showed transformers' progress bar, once a trial.
+    assert "Loading weights" not in out.err + out.out
     summary = load(tmp_path / "results" / "t" / "summary.json")
     assert summary["num_trials"] == 2
     assert all(t["status"] in ("COMPLETED", "EARLY_STOPPED") for t in summary["trials"]), summary["trials"]

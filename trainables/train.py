@@ -254,6 +254,11 @@ def trainable(config: dict, setup: dict) -> None:
     # Ray logs every checkpoint it persists, an INFO line per trial and epoch in the driver's
     # output; the summary names the best trial's checkpoint.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    # transformers draws a "Loading weights" bar for each pretrained model it loads: one per
+    # trial in the driver's output, between Tune's tables.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     config = {**config, "setup": setup}
     every = setup["training"]["checkpoint_every"]
     epochs = setup["training"]["epochs"]
