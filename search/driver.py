@@ -458,6 +458,22 @@ def check_not_running(fs: pafs.FileSystem, exp: str, shown: str) -> None:
         )
 
 
+def _finished_text(shown: str) -> str:
+    report = "" if is_uri(shown) else f": `mixsearch report {shown}` shows what it found"
+    return f"finished: nothing to resume{report}"
+
+
+def read_summary(fs: pafs.FileSystem, path: str) -> Summary:
+    """A ``summary.json`` as the ``Summary`` that was written. Raises ConfigError for one that
+    is not (a copy cut short, an edit)."""
+    try:
+        with fs.open_input_stream(path) as f:
+            data = json.loads(f.read())
+        return Summary(**{**data, "trials": [TrialSummary(**t) for t in data["trials"]]})
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{path}: not a mixsearch summary ({type(e).__name__}: {e})") from None
+
+
 def _existing(fs: pafs.FileSystem, exp: str, shown: str) -> str:
     """What a new run would overwrite, and what to do instead."""
     report = "" if is_uri(shown) else f"`mixsearch report {shown}`"  # report reads local folders
@@ -592,9 +608,10 @@ class Interrupted(RuntimeError):
     """The search ended before its trials did (Ctrl-C): the experiment is saved, not summarized."""
 
 
-def check_run(cfg: Config, *, resume: bool, source: str) -> tuple[pafs.FileSystem, str, str, bool]:
+def check_run(cfg: Config, *, resume: bool, source: str) -> tuple[pafs.FileSystem, str, str, str]:
     """Every check of a run that needs no Ray. Returns the experiment's filesystem, path and name
-    as shown, and whether the run resumes (``--resume`` with nothing to resume starts it)."""
+    as shown, and how the run starts: "new", "resume", or "finished" (``--resume`` of an
+    experiment with a summary: nothing to run). ``--resume`` with nothing to resume starts it."""
     try:
         fs, exp, shown = experiment_location(cfg)
     except (OSError, pa.ArrowException) as e:  # an unknown scheme, a bucket out of reach, no credentials
@@ -610,6 +627,10 @@ def check_run(cfg: Config, *, resume: bool, source: str) -> tuple[pafs.FileSyste
     if resume:
         check_not_running(fs, exp, shown)
         check_resumed_config(cfg, source)
+        if _exists(fs, f"{exp}/{SUMMARY}"):
+            # A retried job's --resume: restoring Tune would only rewrite the summary, its own
+            # seconds added, and need every input (the pool, the model) to be there still.
+            return fs, exp, shown, "finished"
     if cfg.search.study_storage:
         from search.study import expand_secrets
 
@@ -617,7 +638,7 @@ def check_run(cfg: Config, *, resume: bool, source: str) -> tuple[pafs.FileSyste
     if cfg.search.start_from and not resume:
         previous_proposals(cfg)  # a missing or empty previous experiment
     check_inputs(cfg, source)  # a files corpus's missing files, an unloadable hub model, unwritable folders
-    return fs, exp, shown, resume
+    return fs, exp, shown, "resume" if resume else "new"
 
 
 def check_against_pool(cfg: Config, pool: Path, source: str) -> tuple[Config, Manifest]:
@@ -639,7 +660,10 @@ def describe_run(cfg: Config, *, resume: bool = False, source: str = "config") -
     and writes nothing."""
     from search.pool import MANIFEST, pool_path
 
-    _, _, shown, resume = check_run(cfg, resume=resume, source=source)
+    _, _, shown, start = check_run(cfg, resume=resume, source=source)
+    if start == "finished":
+        return f"experiment: {shown} ({_finished_text(shown)})"
+    resume = start == "resume"
     pool = pool_path(cfg)
     lines = [f"experiment: {shown} ({'resumed: its unfinished trials run' if resume else 'new'})"]
     if cfg.corpus.source == "files":
@@ -673,7 +697,8 @@ def describe_run(cfg: Config, *, resume: bool = False, source: str = "config") -
 
 
 def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> Summary:
-    """Run (or, with resume, finish) the experiment of this config; return its summary.
+    """Run (or, with resume, finish) the experiment of this config; return its summary (with
+    resume, a finished experiment's as it was written: nothing runs and nothing is rewritten).
 
     Raises ``Interrupted`` when Tune was stopped (SIGINT) before every trial finished; then no
     ``summary.json`` is written, so the experiment reads as unfinished until ``--resume``."""
@@ -682,7 +707,11 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
 
     from search.pool import prepare
 
-    fs, exp, shown, resume = check_run(cfg, resume=resume, source=source)
+    fs, exp, shown, start = check_run(cfg, resume=resume, source=source)
+    if start == "finished":
+        log.info("%s: %s", shown, _finished_text(shown))
+        return read_summary(fs, f"{exp}/{SUMMARY}")
+    resume = start == "resume"
     started = time.time()
     # torch and transformers take seconds to import and the driver needs them only to hand Tune
     # the trainable: import them while the local cluster starts (about 1.7 s less per search).

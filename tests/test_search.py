@@ -75,9 +75,19 @@ def test_three_trial_search_end_to_end(tmp_path, capsys):
     assert f"error: {changed}: not the config {exp}/config.yaml started with" in err
     assert "training.epochs: 2 then, 3 now; search.num_samples: 3 then, 4 now" in err
     assert (exp / "summary.json").read_text() == before
+    # A retried job's --resume of the finished experiment (where it runs may change): nothing runs
+    # and nothing is rewritten. It used to restore Tune and rewrite the summary, its seconds added.
     moved = write_config(tmp_path, {"ray": {"num_cpus": 1}}, "moved.yaml")
-    assert main(["run", str(moved), "--resume"]) == 0  # finished already: nothing to run
-    assert load(exp / "summary.json")["num_trials"] == 3
+    kept = {f.name: f.read_bytes() for f in exp.iterdir() if f.is_file()}
+    assert main(["run", str(moved), "--resume", "--dry-run"]) == 0
+    finished = f"{exp}: finished: nothing to resume: `mixsearch report {exp}` shows what it found"
+    assert f"experiment: {exp} (finished: nothing to resume" in capsys.readouterr().out
+    ray.shutdown()  # the search's cluster: the resume must not start one
+    assert main(["run", str(moved), "--resume"]) == 0
+    out, err = capsys.readouterr()
+    assert finished in err and f"best trial {best['trial_id']}" in out and str(exp / "summary.json") in out
+    assert not ray.is_initialized()
+    assert {f.name: f.read_bytes() for f in exp.iterdir() if f.is_file()} == kept
 
 
 @pytest.mark.slow
