@@ -293,6 +293,22 @@ def pareto_front(trials: list[TrialSummary], against: str, costs: dict[str, floa
     return front
 
 
+def best_trial(trials: list[TrialSummary], costs: dict[str, float]) -> TrialSummary | None:
+    """The trial with the highest last ``unseen_accuracy`` (STOPPED and ERROR trials aside).
+
+    A tie (every trial at 0 when none learned; two trials at one value of 1,000 items) goes to a
+    trial that ran to the end, then to the cheaper by ``costs`` (a Pareto search's) or else by
+    its budget, so that a budget Pareto search's best is its front's top; then to the first id.
+    """
+    ranked = [t for t in trials if t.unseen_accuracy is not None and t.status not in ("STOPPED", "ERROR")]
+
+    def rank(t: TrialSummary) -> tuple[float, bool, float]:
+        cost = costs.get(t.trial_id, t.config.get("budget", 0.0))
+        return t.unseen_accuracy, t.status == "COMPLETED", -float(cost)
+
+    return max(ranked, key=rank, default=None)  # max keeps the first of equals: trials come by id
+
+
 def summarize(results, cfg: Config, pool: Path, run_seconds: list[float]) -> Summary:
     """Condense a ResultGrid into the summary users read and notebooks load.
 
@@ -321,9 +337,9 @@ def summarize(results, cfg: Config, pool: Path, run_seconds: list[float]) -> Sum
     pairs.sort(key=lambda p: p[0].trial_id)
     trials = [t for t, _ in pairs]
     best = None
-    ranked = [p for p in pairs if p[0].unseen_accuracy is not None and p[0].status not in ("STOPPED", "ERROR")]
-    if ranked:
-        top, result = max(ranked, key=lambda p: p[0].unseen_accuracy)
+    top = best_trial(trials, costs)
+    if top is not None:
+        result = next(r for t, r in pairs if t is top)
         best = {
             "trial_id": top.trial_id,
             "unseen_accuracy": top.unseen_accuracy,

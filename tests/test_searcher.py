@@ -87,6 +87,25 @@ def test_pareto_front_of_accuracy_against_budget(tmp_path, monkeypatch):
     assert [p["unseen_accuracy"] for p in front] == sorted(p["unseen_accuracy"] for p in front)
 
 
+def test_a_tie_for_best_goes_to_a_trial_run_to_the_end_then_to_the_cheaper():
+    # The first id of a tie used to be the best: in a Pareto search where no trial learned, a
+    # dearer trial than the front's only point.
+    from search.driver import TrialSummary, best_trial, pareto_front
+
+    def trial(trial_id, accuracy, status="COMPLETED", budget=400):
+        return TrialSummary(trial_id, status, {"budget": budget}, accuracy, 2)
+
+    trials = [trial("a", 0.0, budget=800), trial("b", 0.0, "EARLY_STOPPED", budget=200),
+              trial("c", 0.0, budget=300), trial("d", 0.0, budget=300), trial("e", None), trial("f", 0.5, "STOPPED")]
+    assert best_trial(trials, {}).trial_id == "c"  # ran to the end, the smaller budget, the first id
+    costs = {t.trial_id: t.config["budget"] for t in trials}
+    assert best_trial(trials, costs).trial_id == pareto_front(trials, "budget", costs)[-1]["trial_id"] == "c"
+    assert best_trial(trials, {"a": 100.0}).trial_id == "a"  # the search's own cost, where it has one
+    trials.append(trial("g", 0.1, "EARLY_STOPPED", budget=900))  # a higher accuracy wins whatever it cost
+    assert best_trial(trials, {}).trial_id == "g"
+    assert best_trial([trial("x", None), trial("y", 0.9, "ERROR")], {}) is None
+
+
 def test_a_config_already_trained_is_answered_from_the_study_not_trained_again():
     from search.config import SpaceConfig
     from search.searcher import MultiFidelityOptunaSearch
