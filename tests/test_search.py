@@ -29,7 +29,7 @@ def load(path):
 
 
 @pytest.mark.slow
-def test_three_trial_search_end_to_end(tmp_path, capsys):
+def test_three_trial_search_end_to_end(tmp_path, capsys, caplog):
     path = write_config(tmp_path)
     assert main(["run", str(path)]) == 0
     exp = tmp_path / "results" / "t"
@@ -84,8 +84,9 @@ def test_three_trial_search_end_to_end(tmp_path, capsys):
     assert f"experiment: {exp} (finished: nothing to resume" in capsys.readouterr().out
     ray.shutdown()  # the search's cluster: the resume must not start one
     assert main(["run", str(moved), "--resume"]) == 0
-    out, err = capsys.readouterr()
-    assert finished in err and f"best trial {best['trial_id']}" in out and str(exp / "summary.json") in out
+    out = capsys.readouterr().out
+    # caplog: the log handler keeps the stream of the first test that set logging up.
+    assert finished in caplog.text and f"best trial {best['trial_id']}" in out and str(exp / "summary.json") in out
     assert not ray.is_initialized()
     assert {f.name: f.read_bytes() for f in exp.iterdir() if f.is_file()} == kept
 
