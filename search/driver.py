@@ -474,9 +474,14 @@ def check_not_running(fs: pafs.FileSystem, exp: str, shown: str) -> None:
         )
 
 
+def _report_command(shown: str) -> str:
+    """`mixsearch report SHOWN` to point a user at, or "" for a URI (report reads local folders)."""
+    return "" if is_uri(shown) else f"`mixsearch report {shown}`"
+
+
 def _finished_text(shown: str) -> str:
-    report = "" if is_uri(shown) else f": `mixsearch report {shown}` shows what it found"
-    return f"finished: nothing to resume{report}"
+    report = _report_command(shown)
+    return "finished: nothing to resume" + (f": {report} shows what it found" if report else "")
 
 
 def read_summary(fs: pafs.FileSystem, path: str) -> Summary:
@@ -492,7 +497,7 @@ def read_summary(fs: pafs.FileSystem, path: str) -> Summary:
 
 def _existing(fs: pafs.FileSystem, exp: str, shown: str) -> str:
     """What a new run would overwrite, and what to do instead."""
-    report = "" if is_uri(shown) else f"`mixsearch report {shown}`"  # report reads local folders
+    report = _report_command(shown)
     if _exists(fs, f"{exp}/{SUMMARY}"):
         return (f"an experiment of this name has finished{f' ({report})' if report else ''}; give another "
                 "--name to search again")
