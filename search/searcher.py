@@ -66,6 +66,10 @@ class MultiFidelityOptunaSearch(OptunaSearch):
         next snapshot leaves that trial live in the snapshot; Tune then runs it on, and writing to
         its finished Optuna trial would fail the resumed search. Such trials count as completed
         here, so their further results are ignored, as Ray's searcher does for finished trials.
+
+        A driver killed between asking the study for a trial's config and that snapshot leaves
+        an Optuna trial no Tune trial knows: nothing will ever report to it, and TPE (a constant
+        liar) would count it as running for good. It is told as FAILED.
         """
         super().restore(checkpoint_path)
         states = {t.number: t.state for t in self._ot_study.get_trials(deepcopy=False)}
@@ -73,6 +77,9 @@ class MultiFidelityOptunaSearch(OptunaSearch):
             if trial_id not in self._completed_trials and states[ot_trial.number].is_finished():
                 self._completed_trials.add(trial_id)
                 self._pending.pop(trial_id, None)
+        known = {ot_trial.number for ot_trial in self._ot_trials.values()}
+        for number in sorted(n for n, state in states.items() if state == TrialState.RUNNING and n not in known):
+            self._ot_study.tell(number, state=TrialState.FAIL)
 
     @staticmethod
     def _reported_steps(ot_trial) -> dict[int, float]:
