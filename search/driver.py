@@ -726,6 +726,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from search import stopping
     from search.pool import prepare
 
     fs, exp, shown, start = check_run(cfg, resume=resume, source=source)
@@ -783,6 +784,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
                 # Two, not one: with one, Tune snapshots the whole experiment after every checkpoint.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
+                callbacks=[stopping.TrialWatch()],
                 verbose=1,
             ),
         )
@@ -790,10 +792,12 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
         # As given ({simplex: all} unresolved), so that --resume compares like with like.
         _write_text(fs, f"{exp}/{CONFIG}", yaml.safe_dump(started_as.model_dump(mode="json"), sort_keys=False))
     with RunClock(fs, exp, started) as clock:
+        stopping.arm()
         results = tuner.fit()
-        # Tune returns normally after a Ctrl-C, with the unfinished trials RUNNING or PENDING (or
-        # not yet created): summarizing them would call them stopped early and the search done.
-        finished = results.num_terminated + results.num_errors
+        # Tune returns normally after a Ctrl-C, with trials unfinished or not yet created; it shows
+        # the running ones TERMINATED, so count those its last step had not finished. Summarizing
+        # them would call them stopped early and the search done.
+        finished = results.num_terminated + results.num_errors - len(stopping.unfinished() or ())
         asked = max(len(results), cfg.search.num_samples if cfg.search.algorithm == "tpe" else 0)
         if finished < asked:
             raise Interrupted(

@@ -290,16 +290,23 @@ def test_a_killed_driver_resumes_and_finishes_the_experiment(tmp_path, moment):
     assert all(held[i] == [1, 2, 3, 4] for i in ids), held
 
 
-@pytest.mark.slow
-def test_ctrl_c_leaves_an_unsummarized_experiment_that_resume_finishes(tmp_path, capsys):
-    path = write_config(tmp_path, KILLABLE)
-    exp = tmp_path / "results" / "t"
-    driver = start_driver(tmp_path, path)
+def interrupt(tmp_path, path, exp, *args) -> None:
+    """Start a search and Ctrl-C it after a trial's first epoch."""
+    driver = start_driver(tmp_path, path, *args)
     wait_for(lambda: MOMENTS["first_epoch"](tmp_path, exp), driver, tmp_path)
     os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole group
     assert driver.wait(timeout=120) == 130
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_an_unsummarized_experiment_that_resume_finishes(tmp_path, capsys):
+    # As many trials as run at once: every trial exists when Ctrl-C lands, and Tune shows the
+    # running ones TERMINATED; the search once read as done, summarized and exit 0.
+    path = write_config(tmp_path, merge(KILLABLE, {"search": {"num_samples": 2}}))
+    exp = tmp_path / "results" / "t"
+    interrupt(tmp_path, path, exp)
     log = (tmp_path / "driver.log").read_text()
-    assert "trials finished; the experiment is saved: run the same command with --resume" in log, log[-3000:]
+    assert "interrupted with 0 of 2 trials finished; the experiment is saved: run the same command with --resume" in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
     # KILLABLE keeps every trial to its end (grace 4 of 4 epochs), and the run says so.
     line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "grace_period" in text)
@@ -313,7 +320,7 @@ def test_ctrl_c_leaves_an_unsummarized_experiment_that_resume_finishes(tmp_path,
     assert main(["run", str(path), "--resume"]) == 0
     resumed = time.time() - began
     summary = load(exp / "summary.json")
-    assert summary["counts"] == {"COMPLETED": 4}
+    assert summary["counts"] == {"COMPLETED": 2}
     # The search's time is both runs': the interrupted one as it recorded itself, then this one.
     assert summary["run_seconds"][0] == interrupted[0] and len(summary["run_seconds"]) == 2
     assert 0 < summary["run_seconds"][1] <= resumed
