@@ -75,6 +75,13 @@ def summary_text(summary: dict, folder: str | Path | None = None) -> str:
              + (f" ({', '.join(f'{n} {s.lower()}' for s, n in summary['counts'].items())})"
                 if summary.get("counts") else "")
              + (f", over {len(runs)} runs (--resume): {', '.join(f'{t:.0f}s' for t in runs)}" if len(runs) > 1 else "")]
+    if summary.get("out_of_time"):
+        from search.config import duration_text
+
+        where = Path(folder) if folder is not None else summary["experiment_path"]
+        lines.append(f"the time limit ({duration_text(summary['time_limit'])}) ended the search: trials running "
+                     f"then stopped at their last epoch (out_of_time); to search on, start a new experiment "
+                     f"with --start-from {where}")
     best = summary.get("best")
     if best:
         # Each domain's accuracy too: abilities grow at their own pace, and a mean hides which lags.

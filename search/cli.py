@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="experiment name (results in STORAGE_PATH/NAME)")
     run.add_argument("--storage-path", help="where experiments are stored (a folder)")
     run.add_argument("--num-samples", type=int, help="number of trials")
+    run.add_argument("--time-limit", metavar="DURATION",
+                     help="stop the search after this long, every --resume counted (seconds, or 90m, 2h, 1h30m)")
     run.add_argument("--resume", action="store_true", help="finish an interrupted experiment")
     run.add_argument("--start-from", metavar="EXPERIMENT",
                      help="a previous experiment (folder or summary.json): try its surrogate's proposals first")
@@ -79,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> dict:
     return {"name": args.name, "storage_path": args.storage_path, "search.num_samples": args.num_samples,
-            "search.start_from": args.start_from}
+            "search.start_from": args.start_from, "search.time_limit": args.time_limit}
 
 
 def main(argv: list[str] | None = None) -> int:

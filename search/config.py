@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
                       ValidationError, field_validator, model_validator)
 
 from search import corpus
@@ -41,6 +41,37 @@ def _checked_path(path: str) -> str:
         raise ValueError(f"{found.group()}: environment variables are not expanded in paths (only ~ is); "
                          "write the path out")
     return path
+
+
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number of seconds or a duration such as ``90m``, ``2h`` or ``1h30m``
+    (units d, h, m, s); ValueError if it is neither or not above zero."""
+    if isinstance(value, bool):  # YAML's yes/no: not a duration
+        raise ValueError(f"{value!r} is not a duration")
+    text = str(value).strip().lower().replace(" ", "")
+    if isinstance(value, (int, float)) or re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    elif re.fullmatch(r"(\d+(\.\d+)?[dhms])+", text):
+        seconds = sum(float(n) * _UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([dhms])", text))
+    else:
+        raise ValueError(f"{value!r} is not a duration: write seconds (5400) or one like 90m, 2h, 1h30m")
+    if not seconds > 0:
+        raise ValueError(f"{value!r}: a time limit must be above zero (null for none)")
+    return seconds
+
+
+def duration_text(seconds: float) -> str:
+    """``2 h``, ``1 h 30 min``, ``45 s``: a duration as people write it."""
+    s = round(seconds)
+    parts = [(s // 86400, "d"), (s % 86400 // 3600, "h"), (s % 3600 // 60, "min"), (s % 60, "s")]
+    return " ".join(f"{n} {u}" for n, u in parts if n) or f"{seconds:g} s"
+
+
+# Seconds in the model; a number or "2h", "1h30m" in YAML and on the command line.
+Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 # A local path or URI in the config: "~" is expanded where it is used; environment variables and "" are refused.
@@ -512,6 +543,10 @@ class SearchConfig(_Strict):
     )
     start_from: Optional[PathStr] = Field(
         None, description="a previous experiment (folder or summary.json): its surrogate's proposals are tried first"
+    )
+    time_limit: Optional[Duration] = Field(
+        None, description="stop the search after this long (seconds, or 90m, 2h, 1h30m), every run of the "
+        "experiment counted: trials running then end where they are; null: no limit"
     )
     space: SpaceConfig = SpaceConfig()
 

@@ -26,8 +26,8 @@ import pyarrow.fs as pafs
 import yaml
 
 from search.config import (
-    CHAT_PROMPT, Config, ConfigError, check_space_against_pool, is_uri, key_location, resolve, setting_location,
-    storage_root, trial_setup, with_pool_domains,
+    CHAT_PROMPT, Config, ConfigError, check_space_against_pool, duration_text, is_uri, key_location, resolve,
+    setting_location, storage_root, trial_setup, with_pool_domains,
 )
 
 if TYPE_CHECKING:
@@ -40,15 +40,18 @@ SUMMARY = "summary.json"
 CONFIG = "config.yaml"  # the config an experiment started with, saved beside it
 RUNS = "runs.json"  # seconds of each run (the first, then each --resume) and the driver running it
 STALE_SECONDS = 30.0  # a driver that has not updated runs.json for this long is gone (it does every 10 s)
-# What a resume may change: where the experiment and the cluster are. Tune resumes everything else
-# as it started, so a change there would be silently ignored.
-RESUMABLE = ("name", "storage_path", "ray.", "search.start_from")
+# What a resume may change: where the experiment and the cluster are, and how long it may run (the
+# driver, not Tune, keeps the deadline). Tune resumes everything else as it started, so a change
+# there would be silently ignored.
+RESUMABLE = ("name", "storage_path", "ray.", "search.start_from", "search.time_limit")
 
 
 @dataclass(frozen=True)
 class TrialSummary:
     trial_id: str
-    status: str  # COMPLETED, EARLY_STOPPED (by ASHA), STOPPED (NaN loss, out of memory), ERROR, PENDING
+    # COMPLETED, EARLY_STOPPED (by ASHA), STOPPED (NaN loss, out of memory), ERROR, PENDING (never
+    # started), OUT_OF_TIME (running, or resumed and waiting, when search.time_limit was reached)
+    status: str
     config: dict[str, Any]
     unseen_accuracy: float | None  # the last reported value
     training_iteration: int
@@ -69,6 +72,8 @@ class Summary:
     pareto: dict[str, Any] | None = None  # {against, front: [...]} when search.pareto is set
     surrogate: dict[str, Any] | None = None  # rank correlation and proposals (search/surrogate.py)
     run_seconds: list[float] = field(default_factory=list)  # each run, the first to this one
+    time_limit: float | None = None  # search.time_limit, in seconds
+    out_of_time: bool = False  # the search ended at its time limit, with trials unfinished
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False, default=str)
@@ -246,7 +251,7 @@ def _public(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "simplex_u"}
 
 
-def _status(result, epochs: int) -> str:
+def _status(result, epochs: int, cut: bool = False) -> str:
     m = result.metrics or {}
     it = int(m.get("epoch", 0))
     if result.error is not None:
@@ -255,7 +260,9 @@ def _status(result, epochs: int) -> str:
         return "STOPPED"
     if it >= epochs:
         return "COMPLETED"
-    return "EARLY_STOPPED" if it > 0 else "PENDING"
+    if it == 0:
+        return "PENDING"
+    return "OUT_OF_TIME" if cut else "EARLY_STOPPED"
 
 
 def _reason(error: BaseException) -> str:
@@ -278,12 +285,13 @@ def pareto_front(trials: list[TrialSummary], against: str, costs: dict[str, floa
     """Trials no other trial beats on both accuracy (higher) and cost (lower), by rising cost.
 
     Against the budget only completed trials count (an early-stopped trial's accuracy is not what
-    its budget buys); against compute every trial with a result does, at what it trained.
+    its budget buys); against compute every trial with a result does, at what it trained (one
+    cut by the time limit too).
     """
     points = [
         (costs[t.trial_id], t.unseen_accuracy, t) for t in trials
         if t.unseen_accuracy is not None and t.trial_id in costs
-        and (t.status == "COMPLETED" or (against == "compute" and t.status == "EARLY_STOPPED"))
+        and (t.status == "COMPLETED" or (against == "compute" and t.status in ("EARLY_STOPPED", "OUT_OF_TIME")))
     ]
     front, best = [], -math.inf
     for cost, acc, t in sorted(points, key=lambda p: (p[0], -p[1])):
@@ -309,10 +317,12 @@ def best_trial(trials: list[TrialSummary], costs: dict[str, float]) -> TrialSumm
     return max(ranked, key=rank, default=None)  # max keeps the first of equals: trials come by id
 
 
-def summarize(results, cfg: Config, pool: Path, run_seconds: list[float]) -> Summary:
+def summarize(results, cfg: Config, pool: Path, run_seconds: list[float],
+              out_of_time: frozenset[str] | None = None) -> Summary:
     """Condense a ResultGrid into the summary users read and notebooks load.
 
-    ``run_seconds``: the time of each run of the experiment, the first to this one."""
+    ``run_seconds``: the time of each run of the experiment, the first to this one.
+    ``out_of_time``: the ids of the trials unfinished when the time limit ended the search."""
     from search.searcher import COST_METRIC
     from search.surrogate import Curve, analyse
 
@@ -320,9 +330,10 @@ def summarize(results, cfg: Config, pool: Path, run_seconds: list[float]) -> Sum
     for r in results:
         m = r.metrics or {}
         acc = m.get(METRIC)
+        trial_id = str(m.get("trial_id") or Path(r.path).name)
         trial = TrialSummary(
-            trial_id=str(m.get("trial_id") or Path(r.path).name),
-            status=_status(r, cfg.training.epochs),
+            trial_id=trial_id,
+            status=_status(r, cfg.training.epochs, cut=trial_id in (out_of_time or ())),
             config=_public(r.config or {}),
             unseen_accuracy=None if acc is None or math.isnan(acc) else float(acc),
             training_iteration=int(m.get("training_iteration", 0)),
@@ -368,6 +379,8 @@ def summarize(results, cfg: Config, pool: Path, run_seconds: list[float]) -> Sum
         pareto=pareto,
         surrogate=surrogate,
         run_seconds=list(run_seconds),
+        time_limit=cfg.search.time_limit,
+        out_of_time=out_of_time is not None,
     )
 
 
@@ -681,7 +694,7 @@ def describe_run(cfg: Config, *, resume: bool = False, source: str = "config") -
     and writes nothing."""
     from search.pool import MANIFEST, pool_path
 
-    _, _, shown, start = check_run(cfg, resume=resume, source=source)
+    fs, exp, shown, start = check_run(cfg, resume=resume, source=source)
     if start == "finished":
         return f"experiment: {shown} ({_finished_text(shown)})"
     resume = start == "resume"
@@ -712,9 +725,27 @@ def describe_run(cfg: Config, *, resume: bool = False, source: str = "config") -
         lines.append(f"first: the {len(previous_proposals(cfg))} proposals of {s.start_from}")
     lines.append(f"training: at most {epochs} epochs a trial ({trials * epochs} in all); ASHA may stop a trial "
                  f"after {min(s.grace_period, epochs)}, reduction factor {s.reduction_factor:g}")
+    if s.time_limit is not None:
+        spent = sum(read_runs(fs, f"{exp}/{RUNS}")[0]) if resume else 0.0
+        left = f" ({duration_text(max(0.0, s.time_limit - spent))} left after the earlier runs)" if spent else ""
+        lines.append(f"time limit: {duration_text(s.time_limit)}{left}; trials running then end where they are")
     r = cfg.resources_per_trial
     lines.append(f"each trial: {r.cpu:g} CPU, {r.gpu:g} GPU, on {cfg.ray.address or 'a local Ray cluster'}")
     return "\n".join(lines + ["space:"] + [f"  {line}" for line in s.space.describe()])
+
+
+def _deadline(cfg: Config, started: float, earlier: list[float], source: str) -> float | None:
+    """When this run must stop (a ``time.time()``): ``search.time_limit`` less the earlier runs'
+    time, counted from this run's start; None without a limit."""
+    limit = cfg.search.time_limit
+    if limit is None:
+        return None
+    left = limit - sum(earlier)
+    if left <= 0:
+        log.warning("%s: the earlier runs took %s of the %s: the search ends now, with what it has; "
+                    "raise it to run on", setting_location(cfg, source, ("search", "time_limit")),
+                    duration_text(sum(earlier)), duration_text(limit))
+    return started + left
 
 
 def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> Summary:
@@ -722,7 +753,8 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     resume, a finished experiment's as it was written: nothing runs and nothing is rewritten).
 
     Raises ``Interrupted`` when Tune was stopped (SIGINT) before every trial finished; then no
-    ``summary.json`` is written, so the experiment reads as unfinished until ``--resume``."""
+    ``summary.json`` is written, so the experiment reads as unfinished until ``--resume``. At
+    ``search.time_limit`` the search ends and is summarized with what it found (``out_of_time``)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -735,6 +767,8 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
         return read_summary(fs, f"{exp}/{SUMMARY}")
     resume = start == "resume"
     started = time.time()
+    clock = RunClock(fs, exp, started)
+    stopping.arm(_deadline(cfg, started, clock.earlier, source))  # before the searcher (stopping.watch)
     # torch and transformers take seconds to import and the driver needs them only to hand Tune
     # the trainable: import them while the local cluster starts (about 1.7 s less per search).
     importer = threading.Thread(target=importlib.import_module, args=("trainables.train",), daemon=True)
@@ -784,6 +818,8 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
                 # Two, not one: with one, Tune snapshots the whole experiment after every checkpoint.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
+                # Always, limit or not: a resume may set one, and Tune restores what it started with.
+                stop=stopping.Deadline(),
                 callbacks=[stopping.TrialWatch()],
                 verbose=1,
             ),
@@ -791,19 +827,20 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     if not resume:
         # As given ({simplex: all} unresolved), so that --resume compares like with like.
         _write_text(fs, f"{exp}/{CONFIG}", yaml.safe_dump(started_as.model_dump(mode="json"), sort_keys=False))
-    with RunClock(fs, exp, started) as clock:
-        stopping.arm()
+    with clock:
         results = tuner.fit()
+        cut, unfinished = stopping.cut(), stopping.unfinished()
         # Tune returns normally after a Ctrl-C, with trials unfinished or not yet created; it shows
         # the running ones TERMINATED, so count those its last step had not finished. Summarizing
-        # them would call them stopped early and the search done.
-        finished = results.num_terminated + results.num_errors - len(stopping.unfinished() or ())
+        # them would call them stopped early and the search done. At the time limit the search is
+        # done, with what it found.
+        finished = results.num_terminated + results.num_errors - len(unfinished or ())
         asked = max(len(results), cfg.search.num_samples if cfg.search.algorithm == "tpe" else 0)
-        if finished < asked:
+        if cut is None and finished < asked:
             raise Interrupted(
                 f"{shown}: interrupted with {finished} of {asked} trials finished; the experiment is "
                 "saved: run the same command with --resume to finish it"
             )
-        summary = summarize(results, cfg, pool, clock.finish())
+        summary = summarize(results, cfg, pool, clock.finish(), out_of_time=cut)
         _write_text(fs, f"{exp}/{SUMMARY}", summary.to_json())
     return summary

@@ -20,6 +20,8 @@ from typing import Optional
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from search import stopping
+
 # The reported metric that measures each Pareto cost.
 COST_METRIC = {"budget": "budget", "compute": "examples_seen"}
 # How many repeats of finished configs to answer from the study before training one anyway.
@@ -35,6 +37,7 @@ class MultiFidelityOptunaSearch(OptunaSearch):
         self._pareto = pareto
         self._finished: dict[str, int] = {}  # config -> number of the Optuna trial that trained it
         self._pending: dict[str, str] = {}  # Tune trial id -> its config
+        stopping.watch(self)
 
     def suggest(self, trial_id: str) -> Optional[dict]:
         """TPE's next config; one it has already trained is not trained again.
@@ -72,6 +75,7 @@ class MultiFidelityOptunaSearch(OptunaSearch):
         liar) would count it as running for good. It is told as FAILED.
         """
         super().restore(checkpoint_path)
+        stopping.watch(self)
         states = {t.number: t.state for t in self._ot_study.get_trials(deepcopy=False)}
         for trial_id, ot_trial in self._ot_trials.items():
             if trial_id not in self._completed_trials and states[ot_trial.number].is_finished():
@@ -80,6 +84,13 @@ class MultiFidelityOptunaSearch(OptunaSearch):
         known = {ot_trial.number for ot_trial in self._ot_trials.values()}
         for number in sorted(n for n, state in states.items() if state == TrialState.RUNNING and n not in known):
             self._ot_study.tell(number, state=TrialState.FAIL)
+
+    def on_time_up(self, trials: list) -> None:
+        """Tell the study how the trials that ``search.time_limit`` ended stand, as if stopped
+        early at their last result (one never started: PRUNED, no value)."""
+        for t in trials:
+            if t.trial_id in self._ot_trials and t.trial_id not in self._completed_trials:
+                self.on_trial_complete(t.trial_id, t.last_result or None)
 
     @staticmethod
     def _reported_steps(ot_trial) -> dict[int, float]:

@@ -1,44 +1,90 @@
-"""How a search ended: done, or interrupted (Ctrl-C).
+"""How a search ended: done, interrupted (Ctrl-C), or at ``search.time_limit``.
 
 Tune cannot say. After a Ctrl-C it stops the running trials as it stops finished ones, so its
 results show them TERMINATED, and a search interrupted with its last trials running looked
 done. ``TrialWatch`` records which trials were unfinished at the end of Tune's last step.
 
-Tune pickles its callbacks with the experiment and ``Tuner.restore`` brings back those it
-started with, so the record is kept here, per driver process, and started by the driver for
-each run (``arm``).
+The time limit counts every run of an experiment (``runs.json``): a search interrupted after an
+hour of a two-hour limit and resumed gets one more hour. When it is reached ``Deadline`` stops
+the search: trials running then end at their last reported epoch (``OUT_OF_TIME`` in the
+summary), trials not yet started never run, and the driver summarizes what it found.
+
+Tune pickles its stopper and callbacks with the experiment and ``Tuner.restore`` brings back
+those it started with, so the state is kept here, per driver process, and set by the driver for
+each run (``arm``): a resume uses its own config's limit and the time already spent.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from ray.tune import Callback
 from ray.tune.experiment import Trial
+from ray.tune.stopper import Stopper
 
 
 @dataclass
 class _State:
+    deadline: float | None = None  # time.time() at which the search stops; None: no limit
+    trials: list | None = None  # Tune's list of trials (it grows in place)
     unfinished: frozenset[str] | None = None  # at the end of Tune's last step; None: it took none
+    cut: frozenset[str] | None = None  # unfinished when time ran out; None: it did not
+    searcher: Any = None  # told how the trials the deadline ends stand (``watch``)
 
 
 _state = _State()
 
 
-def arm() -> None:
-    """Start this run's record: the last run's end is forgotten."""
+def arm(deadline: float | None) -> None:
+    """Start this run's record with its deadline (a ``time.time()``; None for no limit), before
+    its searcher exists: the last run's end and searcher are forgotten."""
     global _state
-    _state = _State()
+    _state = _State(deadline=deadline)
+
+
+def watch(searcher: Any) -> None:
+    """The searcher that the deadline tells of the trials it ends (its ``on_time_up(trials)``):
+    Tune's stop of a whole search tells the searcher nothing, so their Optuna trials would stay
+    RUNNING. Searchers call this when built and when restored, in the driver's process."""
+    _state.searcher = searcher
 
 
 def unfinished() -> frozenset[str] | None:
     """The trials not finished (running, waiting to, paused) when Tune's loop ended: empty when
-    the search is done; None when Tune took no step (nothing was left to run)."""
+    the search is done or its time ran out; None when Tune took no step (nothing was left to run)."""
     return _state.unfinished
 
 
+def cut() -> frozenset[str] | None:
+    """The trials unfinished when this run's time ran out, or None if the run ended otherwise."""
+    return _state.cut
+
+
+class Deadline(Stopper):
+    """Stops the whole search at the armed deadline; never a single trial."""
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        if _state.deadline is None or time.time() < _state.deadline:
+            return False
+        if _state.cut is None:  # Tune stops every unfinished trial right after this returns
+            ended = [t for t in _state.trials or () if not t.is_finished()]
+            _state.cut = frozenset(t.trial_id for t in ended)
+            if _state.searcher is not None:
+                _state.searcher.on_time_up(ended)
+        return True
+
+
 class TrialWatch(Callback):
-    """Records which trials are unfinished after each of Tune's steps."""
+    """Keeps Tune's trials where ``Deadline`` sees them (a stopper is not given them), and which
+    are unfinished after each step."""
+
+    def on_step_begin(self, iteration: int, trials: list[Trial], **info) -> None:
+        _state.trials = trials
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info) -> None:
         _state.unfinished = frozenset(t.trial_id for t in trials if not t.is_finished())

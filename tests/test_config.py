@@ -207,6 +207,25 @@ def test_a_value_from_the_command_line_is_blamed_on_its_flag_not_the_file(tmp_pa
     assert str(path) not in err and not ray.is_initialized()
 
 
+@pytest.mark.parametrize("given, seconds", [(5400, 5400), ("90m", 5400), ("1h30m", 5400), ("1.5h", 5400),
+                                            ("2h", 7200), ("1d", 86400), ("45s", 45), ("45", 45)])
+def test_a_time_limit_is_seconds_or_a_duration(tmp_path, given, seconds):
+    assert load_config(write_config(tmp_path, {"search": {"time_limit": given}})).search.time_limit == seconds
+    assert load_config(write_config(tmp_path), {"search.time_limit": str(given)}).search.time_limit == seconds
+
+
+def test_a_time_limit_that_is_not_a_duration_names_its_key_or_flag(tmp_path, capsys):
+    for bad, words in [("2 hours", "'2 hours' is not a duration: write seconds (5400) or one like 90m, 2h, 1h30m"),
+                       (0, "0: a time limit must be above zero (null for none)"), (True, "True is not a duration")]:
+        path = write_config(tmp_path, {"search": {"time_limit": bad}})
+        line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "time_limit:" in text)
+        assert f"{path}, line {line}, key search.time_limit: {words}" in error_of(path)
+    assert main(["run", str(write_config(tmp_path)), "--time-limit", "1x", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "command line --time-limit 1x, key search.time_limit: '1x' is not a duration" in err
+    assert not ray.is_initialized()
+
+
 def test_num_samples_given_to_a_grid_is_refused_not_ignored(tmp_path, capsys):
     import yaml
 
@@ -315,6 +334,9 @@ def test_dry_run_checks_a_run_and_prints_its_plan_and_starts_nothing(tmp_path, c
     assert "weights: uniform on the simplex over random, periodic, each kept domain at least 0.1, domains may drop out" in out
     assert "examples_per_instruction: log-uniform in [14, 40]\n  budget: 400 (fixed)" in out
     assert out.endswith("num_instructions: budget // examples_per_instruction\n")
+    assert "time limit" not in out
+    assert main(["run", str(path), "--dry-run", "--time-limit", "1h30m"]) == 0
+    assert "\ntime limit: 1 h 30 min; trials running then end where they are\neach trial: " in capsys.readouterr().out
     # What a run refuses, a dry run refuses, the same way.
     (tmp_path / "results" / "t").mkdir(parents=True)
     (tmp_path / "results" / "t" / "tuner.pkl").write_bytes(b"")

@@ -320,12 +320,44 @@ def test_ctrl_c_leaves_an_unsummarized_experiment_that_resume_finishes(tmp_path,
     assert main(["run", str(path), "--resume"]) == 0
     resumed = time.time() - began
     summary = load(exp / "summary.json")
-    assert summary["counts"] == {"COMPLETED": 2}
+    assert summary["counts"] == {"COMPLETED": 2} and not summary["out_of_time"]
     # The search's time is both runs': the interrupted one as it recorded itself, then this one.
     assert summary["run_seconds"][0] == interrupted[0] and len(summary["run_seconds"]) == 2
     assert 0 < summary["run_seconds"][1] <= resumed
     assert summary["wall_seconds"] == pytest.approx(sum(summary["run_seconds"]), abs=0.1)
     assert f"over 2 runs (--resume): {interrupted[0]:.0f}s, " in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_time_limit_spent_by_earlier_runs_ends_the_resumed_search_with_what_it_found(tmp_path, capsys, caplog):
+    path = write_config(tmp_path, KILLABLE)
+    exp = tmp_path / "results" / "t"
+    interrupt(tmp_path, path, exp, "--time-limit", "1h")  # a limit far off: Ctrl-C ends this run
+    assert "interrupted with" in (tmp_path / "driver.log").read_text()
+    spent = load(exp / "runs.json")["runs"][0]
+    assert spent > 1
+    assert main(["run", str(path), "--resume", "--time-limit", "1", "--dry-run"]) == 0
+    assert "time limit: 1 s (0 s left after the earlier runs)" in capsys.readouterr().out
+    # The limit may change on a resume (the driver keeps it, not Tune); this one is already spent.
+    assert main(["run", str(path), "--resume", "--time-limit", "1"]) == 0
+    assert "command line --time-limit 1, key search.time_limit: the earlier runs took" in caplog.text
+    summary = load(exp / "summary.json")
+    assert summary["out_of_time"] and summary["time_limit"] == 1 and summary["run_seconds"][0] == spent
+    # The trials the first run had started stop where they were, with their results; no other runs.
+    statuses = {t["trial_id"]: t["status"] for t in summary["trials"]}
+    ran = {t["trial_id"] for t in summary["trials"] if t["training_iteration"] >= 1}
+    assert ran and all(statuses[i] == "OUT_OF_TIME" for i in ran), summary["trials"]
+    assert all(s == "PENDING" for i, s in statuses.items() if i not in ran), summary["trials"]
+    assert summary["best"]["trial_id"] in ran
+    out = capsys.readouterr().out
+    assert f"the time limit (1 s) ended the search: trials running then stopped at their last epoch (out_of_time); " \
+           f"to search on, start a new experiment with --start-from {exp}" in out
+    # Tune's stop of the whole search tells the searcher nothing: the study would keep them RUNNING.
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal")))
+    study = optuna.load_study(study_name="t", storage=storage).trials
+    assert {t.state.name for t in study} == {"PRUNED"}, study
+    assert {t.user_attrs["tune_trial_id"] for t in study if t.intermediate_values} == ran
+    assert main(["run", str(path), "--resume"]) == 0 and load(exp / "summary.json") == summary  # it is done
 
 
 def test_the_run_clock_adds_each_run_to_those_before_it(tmp_path, caplog):
