@@ -8,6 +8,7 @@ Tune's trial logs, so the command also watches a search live from another termin
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,12 @@ def summary_text(summary: dict, folder: str | Path | None = None) -> str:
         from search.config import duration_text
 
         where = Path(folder) if folder is not None else summary["experiment_path"]
-        lines.append(f"the time limit ({duration_text(summary['time_limit'])}) ended the search: trials running "
-                     f"then stopped at their last epoch (out_of_time); to search on, start a new experiment "
-                     f"with --start-from {where}")
+        counts = summary.get("counts") or {}
+        cut = [f"{n} {'trial' if n == 1 else 'trials'} {what}" for n, what in
+               ((counts.get("OUT_OF_TIME", 0), "cut short (out_of_time)"), (counts.get("PENDING", 0), "never started")) if n]
+        lines.append(f"the time limit ({duration_text(summary['time_limit'])}) ended the search"
+                     + (f": {', '.join(cut)}" if cut else "")
+                     + f"; to search on, start a new experiment with --start-from {where}")
     best = summary.get("best")
     if best:
         # Each domain's accuracy too: abilities grow at their own pace, and a mean hides which lags.
@@ -126,7 +130,12 @@ def _unfinished(experiment: str | Path, runs: list[float], driver: dict | None) 
     from search.driver import driver_text, live_driver
 
     if live_driver(driver):
-        return f"{experiment}: no {SUMMARY} yet: the search is running ({driver_text(driver)})"
+        ends = ""
+        if driver.get("deadline") is not None:
+            from search.config import duration_text
+
+            ends = f"; its time limit ends it in {duration_text(max(0.0, driver['deadline'] - time.time()))}"
+        return f"{experiment}: no {SUMMARY} yet: the search is running ({driver_text(driver)}){ends}"
     resume = "`mixsearch run CONFIG --resume` finishes it"
     if runs:
         return f"{experiment}: no {SUMMARY} yet: the search was interrupted (or its driver died); {resume}"

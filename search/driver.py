@@ -532,13 +532,14 @@ class RunClock:
     def __init__(self, fs: pafs.FileSystem, exp: str, started: float, every: float = 10.0):
         self._fs, self._path, self._started = fs, f"{exp}/{RUNS}", started
         self.earlier, _ = read_runs(fs, self._path)
+        self.deadline: float | None = None  # search.time_limit's, for `mixsearch report` to show
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._tick, args=(every,), daemon=True)
 
     def _write(self, running: bool = True) -> list[float]:
         now = time.time()
         runs = [*self.earlier, round(now - self._started, 1)]
-        driver = {"host": socket.gethostname(), "pid": os.getpid(), "at": now} if running else None
+        driver = {"host": socket.gethostname(), "pid": os.getpid(), "at": now, "deadline": self.deadline} if running else None
         _write_text(self._fs, self._path, json.dumps({"runs": runs, "driver": driver}))
         return runs
 
@@ -768,7 +769,8 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     resume = start == "resume"
     started = time.time()
     clock = RunClock(fs, exp, started)
-    stopping.arm(_deadline(cfg, started, clock.earlier, source))  # before the searcher (stopping.watch)
+    clock.deadline = _deadline(cfg, started, clock.earlier, source)
+    stopping.arm(clock.deadline)  # before the searcher exists (stopping.watch)
     # torch and transformers take seconds to import and the driver needs them only to hand Tune
     # the trainable: import them while the local cluster starts (about 1.7 s less per search).
     importer = threading.Thread(target=importlib.import_module, args=("trainables.train",), daemon=True)

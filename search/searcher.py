@@ -87,7 +87,7 @@ class MultiFidelityOptunaSearch(OptunaSearch):
 
     def on_time_up(self, trials: list) -> None:
         """Tell the study how the trials that ``search.time_limit`` ended stand, as if stopped
-        early at their last result (one never started: PRUNED, no value)."""
+        early at their last result (one never started has no value)."""
         for t in trials:
             if t.trial_id in self._ot_trials and t.trial_id not in self._completed_trials:
                 self.on_trial_complete(t.trial_id, t.last_result or None)

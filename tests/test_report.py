@@ -165,7 +165,8 @@ def test_a_running_search_is_reported_from_its_trial_logs(experiment, tmp_path, 
 
     # Interrupted once, running again: its driver (a live process here) keeps runs.json.
     driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    record = {"runs": [100.0, 95.6], "driver": {"host": socket.gethostname(), "pid": driver.pid, "at": time.time()}}
+    record = {"runs": [100.0, 95.6], "driver": {"host": socket.gethostname(), "pid": driver.pid, "at": time.time(),
+                                                "deadline": time.time() + 5430}}  # search.time_limit's
     (live / "runs.json").write_text(json.dumps(record))
     try:
         assert main(["report", str(live)]) == 0
@@ -175,6 +176,7 @@ def test_a_running_search_is_reported_from_its_trial_logs(experiment, tmp_path, 
     out = capsys.readouterr().out
     trained = sum(map(len, epochs.values()))
     assert f"no summary.json yet: the search is running (process {driver.pid} on {socket.gethostname()}, " in out
+    assert "s ago); its time limit ends it in 1 h 30 min" in out
     assert f"{len(epochs)} of 5 trials so far, {trained} epochs trained in 3 min 16 s;" in out
     listed = [line.split(":")[0].strip() for line in out.splitlines() if line.startswith("  ")]
     assert listed == sorted(last, key=lambda t: -last[t])

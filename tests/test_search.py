@@ -350,8 +350,11 @@ def test_a_time_limit_spent_by_earlier_runs_ends_the_resumed_search_with_what_it
     assert all(s == "PENDING" for i, s in statuses.items() if i not in ran), summary["trials"]
     assert summary["best"]["trial_id"] in ran
     out = capsys.readouterr().out
-    assert f"the time limit (1 s) ended the search: trials running then stopped at their last epoch (out_of_time); " \
-           f"to search on, start a new experiment with --start-from {exp}" in out
+    pending = sum(s == "PENDING" for s in statuses.values())
+    cut = f"{len(ran)} trial{'s' * (len(ran) > 1)} cut short (out_of_time)" \
+          + (f", {pending} never started" if pending else "")
+    assert f"the time limit (1 s) ended the search: {cut}; to search on, start a new experiment with " \
+           f"--start-from {exp}" in out, out
     # Tune's stop of the whole search tells the searcher nothing: the study would keep them RUNNING.
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal")))
     study = optuna.load_study(study_name="t", storage=storage).trials
@@ -373,8 +376,11 @@ def test_the_run_clock_adds_each_run_to_those_before_it(tmp_path, caplog):
     with RunClock(fs, str(tmp_path), started=time.time() - 30, every=0.02) as clock:
         assert runs() == [30.0]  # written at the start: a run killed at once still counts
         assert load(path)["driver"]["pid"] == os.getpid()  # and who is running it
+        assert load(path)["driver"]["deadline"] is None
+        clock.deadline = 1e10  # search.time_limit's, for `mixsearch report`
         time.sleep(0.3)
         assert runs()[0] > 30.0  # kept up to date while it runs
+        assert load(path)["driver"]["deadline"] == 1e10
         first = clock.finish()
     assert runs() == first and len(first) == 1 and first[0] >= 30.3 and load(path)["driver"] is None
     # A later run (--resume) adds its own time, and so does one that ends with an error.
