@@ -350,9 +350,11 @@ def test_a_time_limit_spent_by_earlier_runs_ends_the_resumed_search_with_what_it
     assert all(s == "PENDING" for i, s in statuses.items() if i not in ran), summary["trials"]
     assert summary["best"]["trial_id"] in ran
     out = capsys.readouterr().out
+    def trials(n):
+        return f"{n} trial{'s' * (n > 1)}"
+
     pending = sum(s == "PENDING" for s in statuses.values())
-    cut = f"{len(ran)} trial{'s' * (len(ran) > 1)} cut short (out_of_time)" \
-          + (f", {pending} never started" if pending else "")
+    cut = f"{trials(len(ran))} cut short (out_of_time)" + (f", {trials(pending)} never started" if pending else "")
     assert f"the time limit (1 s) ended the search: {cut}; to search on, start a new experiment with " \
            f"--start-from {exp}" in out, out
     # Tune's stop of the whole search tells the searcher nothing: the study would keep them RUNNING.
