@@ -833,10 +833,13 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
         results = tuner.fit()
         cut, unfinished = stopping.cut(), stopping.unfinished()
         # Tune returns normally after a Ctrl-C, with trials unfinished or not yet created; it shows
-        # the running ones TERMINATED, so count those its last step had not finished. Summarizing
-        # them would call them stopped early and the search done. At the time limit the search is
-        # done, with what it found.
-        finished = results.num_terminated + results.num_errors - len(unfinished or ())
+        # the running ones TERMINATED, so count those its last step had finished. Summarizing the
+        # others would call them stopped early and the search done. At the time limit the search
+        # is done, with what it found.
+        if unfinished is None:  # Tune took no step: nothing was left to run, and nothing was stopped
+            finished = results.num_terminated + results.num_errors
+        else:
+            finished = len(results) - len(unfinished)
         asked = max(len(results), cfg.search.num_samples if cfg.search.algorithm == "tpe" else 0)
         if cut is None and finished < asked:
             raise Interrupted(
