@@ -85,12 +85,21 @@ class MultiFidelityOptunaSearch(OptunaSearch):
         for number in sorted(n for n, state in states.items() if state == TrialState.RUNNING and n not in known):
             self._ot_study.tell(number, state=TrialState.FAIL)
 
-    def on_time_up(self, trials: list) -> None:
-        """Tell the study how the trials that ``search.time_limit`` ended stand, as if stopped
-        early at their last result (one never started has no value)."""
-        for t in trials:
-            if t.trial_id in self._ot_trials and t.trial_id not in self._completed_trials:
-                self.on_trial_complete(t.trial_id, t.last_result or None)
+    def on_time_up(self, trials: list[tuple[str, dict]]) -> None:
+        """Tell the study how the trials that ``search.time_limit`` ended stand, given as (Tune
+        trial id, last result): as if stopped early at their last epoch; one that reported none
+        is PRUNED with no value (it did not fail, as a Pareto study would record it)."""
+        for trial_id, result in trials:
+            if trial_id not in self._ot_trials or trial_id in self._completed_trials:
+                continue
+            if "epoch" in result:  # else only what Tune fills in for a trial that reported nothing
+                self.on_trial_complete(trial_id, result)
+                continue
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_user_attr("tune_trial_id", trial_id)
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            self._pending.pop(trial_id, None)
 
     @staticmethod
     def _reported_steps(ot_trial) -> dict[int, float]:

@@ -45,7 +45,8 @@ def arm(deadline: float | None) -> None:
 
 
 def watch(searcher: Any) -> None:
-    """The searcher that the deadline tells of the trials it ends (its ``on_time_up(trials)``):
+    """The searcher that the deadline tells of the trials it ends (its ``on_time_up``, given each
+    one's id and last result):
     Tune's stop of a whole search tells the searcher nothing, so their Optuna trials would stay
     RUNNING. Searchers call this when built and when restored, in the driver's process."""
     _state.searcher = searcher
@@ -75,7 +76,7 @@ class Deadline(Stopper):
             ended = [t for t in _state.trials or () if not t.is_finished()]
             _state.cut = frozenset(t.trial_id for t in ended)
             if _state.searcher is not None:
-                _state.searcher.on_time_up(ended)
+                _state.searcher.on_time_up([(t.trial_id, t.last_result) for t in ended])
         return True
 
 

@@ -181,3 +181,35 @@ def test_a_resumed_searcher_leaves_trials_the_study_finished_after_its_snapshot(
     else:
         assert (a.state.name, a.intermediate_values) == ("PRUNED", {1: 0.1, 2: 0.2})
         assert (b.state.name, b.value, b.intermediate_values) == ("COMPLETE", 0.6, {1: 0.1, 2: 0.5, 4: 0.6})
+
+
+@pytest.mark.parametrize("pareto", [None, "budget", "compute"])
+def test_trials_ended_by_the_time_limit_stand_in_the_study_as_stopped_early(pareto):
+    # Tune's stop of a whole search tells the searcher nothing: without on_time_up all three
+    # would stay RUNNING.
+    from search.config import SpaceConfig
+    from search.searcher import COST_METRIC, MultiFidelityOptunaSearch
+    from search.space import DefineByRun
+
+    space = SpaceConfig.model_validate({"weights": {"random": 1.0}, "num_instructions": {"low": 5, "high": 50},
+                                        "budget": 100, "learning_rate": 0.003})
+    metric, mode = ("unseen_accuracy", "max") if not pareto else (["unseen_accuracy", COST_METRIC[pareto]], ["max", "min"])
+    searcher = MultiFidelityOptunaSearch(DefineByRun(space), metric=metric, mode=mode, pareto=pareto,
+                                         sampler=optuna.samplers.RandomSampler(seed=0), max_epochs=4)
+    for t in ("ran", "done", "waiting"):
+        searcher.suggest(t)
+    ran = {"unseen_accuracy": 0.3, "epoch": 2, "training_iteration": 2, "budget": 100, "examples_seen": 200}
+    searcher.on_trial_result("ran", {**ran, "unseen_accuracy": 0.1, "epoch": 1, "training_iteration": 1})
+    searcher.on_trial_result("ran", ran)
+    searcher.on_trial_complete("done", {**ran, "unseen_accuracy": 0.5, "epoch": 4, "training_iteration": 4})
+    # What Tune holds as the last result of a trial that never reported: its id and auto-filled fields.
+    searcher.on_time_up([("ran", ran), ("done", {}), ("waiting", {"trial_id": "waiting", "done": False})])
+    states = {t.user_attrs["tune_trial_id"]: t for t in searcher._ot_study.trials}
+    ran_state = {None: "PRUNED", "budget": "PRUNED", "compute": "COMPLETE"}[pareto]  # as if ASHA had stopped it
+    assert (states["ran"].state.name, states["waiting"].state.name, states["done"].state.name) == \
+        (ran_state, "PRUNED", "COMPLETE")
+    assert states["waiting"].values is None and not states["waiting"].intermediate_values
+    if pareto == "compute":
+        assert states["ran"].values == [0.3, 200]
+    elif not pareto:
+        assert states["ran"].intermediate_values == {1: 0.1, 2: 0.3}
