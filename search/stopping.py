@@ -46,9 +46,9 @@ def arm(deadline: float | None) -> None:
 
 def watch(searcher: Any) -> None:
     """The searcher that the deadline tells of the trials it ends (its ``on_time_up``, given each
-    one's id and last result):
-    Tune's stop of a whole search tells the searcher nothing, so their Optuna trials would stay
-    RUNNING. Searchers call this when built and when restored, in the driver's process."""
+    one's id and last result): Tune's stop of a whole search tells the searcher nothing, so their
+    Optuna trials would stay RUNNING. Searchers call this when built and when restored, in the
+    driver's process."""
     _state.searcher = searcher
 
 
