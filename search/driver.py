@@ -416,6 +416,21 @@ def check_resumed_config(cfg: Config, source: str) -> None:
         )
 
 
+def _check_limit_kept(fs: pafs.FileSystem, exp: str, shown: str, cfg: Config, source: str) -> None:
+    """Refuse a time limit for an experiment started before mixsearch had them: Tune got no
+    stopper then and restores the experiment as it started, so the limit would be ignored."""
+    if cfg.search.time_limit is None:
+        return
+    started: dict = {}
+    if _exists(fs, f"{exp}/{CONFIG}"):
+        with fs.open_input_stream(f"{exp}/{CONFIG}") as f:
+            started = yaml.safe_load(f.read()) or {}
+    if "time_limit" not in (started.get("search") or {}):
+        raise ConfigError(f"{setting_location(cfg, source, ('search', 'time_limit'))}: {shown} was started by a "
+                          "mixsearch without time limits, and Tune resumes it as it started: the limit would be "
+                          "ignored; resume it without one")
+
+
 def _write_text(fs: pafs.FileSystem, path: str, text: str) -> None:
     if isinstance(fs, pafs.LocalFileSystem):  # never a half-written file: write, then rename
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -666,6 +681,7 @@ def check_run(cfg: Config, *, resume: bool, source: str) -> tuple[pafs.FileSyste
             # A retried job's --resume: restoring Tune would only rewrite the summary, its own
             # seconds added, and need every input (the pool, the model) to be there still.
             return fs, exp, shown, "finished"
+        _check_limit_kept(fs, exp, shown, cfg, source)
     if cfg.search.study_storage:
         from search.study import expand_secrets
 

@@ -226,6 +226,26 @@ def test_a_time_limit_that_is_not_a_duration_names_its_key_or_flag(tmp_path, cap
     assert not ray.is_initialized()
 
 
+def test_a_time_limit_for_an_experiment_started_before_time_limits_is_refused_not_ignored(tmp_path, capsys):
+    # Tune restores an experiment with the stopper it started with; before time limits it had none.
+    path = write_config(tmp_path)
+    exp = tmp_path / "results" / "t"
+    exp.mkdir(parents=True)
+    (exp / "tuner.pkl").write_bytes(b"")  # an unfinished experiment
+    saved = load_config(path).model_dump(mode="json")
+    (exp / "config.yaml").write_text(yaml.safe_dump(saved))
+    resume = ["run", str(path), "--resume", "--time-limit", "1h", "--dry-run"]
+    assert main(resume) == 0 and "time limit: 1 h;" in capsys.readouterr().out
+    del saved["search"]["time_limit"]
+    (exp / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert main(resume) == 2
+    assert (f"error: command line --time-limit 1h, key search.time_limit: {exp} was started by a mixsearch without "
+            "time limits, and Tune resumes it as it started: the limit would be ignored") in capsys.readouterr().err
+    assert main(resume[:3] + ["--dry-run"]) == 0  # without a limit it resumes
+    (exp / "config.yaml").unlink()  # older still: no config saved
+    assert main(resume) == 2 and not ray.is_initialized()
+
+
 def test_num_samples_given_to_a_grid_is_refused_not_ignored(tmp_path, capsys):
     import yaml
 
