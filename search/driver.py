@@ -396,12 +396,13 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resumed_config(cfg: Config, source: str) -> None:
+def check_resumed_config(cfg: Config, source: str) -> dict[str, Any] | None:
     """Refuse to resume with a config that differs from the one the experiment started with
-    (``config.yaml`` beside it) anywhere but in ``RESUMABLE``: Tune would ignore the change."""
+    (``config.yaml`` beside it) anywhere but in ``RESUMABLE``: Tune would ignore the change.
+    Returns that config, flattened (``search.time_limit``), or None if none was saved."""
     fs, exp, shown = experiment_location(cfg)
     if not _exists(fs, f"{exp}/{CONFIG}"):
-        return  # started before experiments saved their config
+        return None  # started before experiments saved their config
     with fs.open_input_stream(f"{exp}/{CONFIG}") as f:
         started = _flat(yaml.safe_load(f.read()) or {})
     now = _flat(cfg.model_dump(mode="json"))
@@ -414,18 +415,14 @@ def check_resumed_config(cfg: Config, source: str) -> None:
             f"{f'; and {len(changed) - 5} more' if len(changed) > 5 else ''}): a resumed experiment "
             "runs as it started; resume with that config, or start a new experiment with --name NEW"
         )
+    return started
 
 
-def _check_limit_kept(fs: pafs.FileSystem, exp: str, shown: str, cfg: Config, source: str) -> None:
-    """Refuse a time limit for an experiment started before mixsearch had them: Tune got no
-    stopper then and restores the experiment as it started, so the limit would be ignored."""
-    if cfg.search.time_limit is None:
-        return
-    started: dict = {}
-    if _exists(fs, f"{exp}/{CONFIG}"):
-        with fs.open_input_stream(f"{exp}/{CONFIG}") as f:
-            started = yaml.safe_load(f.read()) or {}
-    if "time_limit" not in (started.get("search") or {}):
+def _check_limit_kept(started: dict[str, Any] | None, shown: str, cfg: Config, source: str) -> None:
+    """Refuse a time limit for an experiment started before mixsearch had them (``started``: its
+    flattened ``config.yaml``, from ``check_resumed_config``): Tune got no stopper then and
+    restores the experiment as it started, so the limit would be ignored."""
+    if cfg.search.time_limit is not None and "search.time_limit" not in (started or {}):
         raise ConfigError(f"{setting_location(cfg, source, ('search', 'time_limit'))}: {shown} was started by a "
                           "mixsearch without time limits, and Tune resumes it as it started: the limit would be "
                           "ignored; resume it without one")
@@ -676,12 +673,12 @@ def check_run(cfg: Config, *, resume: bool, source: str) -> tuple[pafs.FileSyste
         resume = False
     if resume:
         check_not_running(fs, exp, shown)
-        check_resumed_config(cfg, source)
+        started = check_resumed_config(cfg, source)
         if _exists(fs, f"{exp}/{SUMMARY}"):
             # A retried job's --resume: restoring Tune would only rewrite the summary, its own
             # seconds added, and need every input (the pool, the model) to be there still.
             return fs, exp, shown, "finished"
-        _check_limit_kept(fs, exp, shown, cfg, source)
+        _check_limit_kept(started, shown, cfg, source)
     if cfg.search.study_storage:
         from search.study import expand_secrets
 

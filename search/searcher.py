@@ -90,16 +90,9 @@ class MultiFidelityOptunaSearch(OptunaSearch):
         trial id, last result): as if stopped early at their last epoch; one that reported none
         is PRUNED with no value (it did not fail, as a Pareto study would record it)."""
         for trial_id, result in trials:
-            if trial_id not in self._ot_trials or trial_id in self._completed_trials:
-                continue
-            if "epoch" in result:  # else only what Tune fills in for a trial that reported nothing
-                self.on_trial_complete(trial_id, result)
-                continue
-            ot_trial = self._ot_trials[trial_id]
-            ot_trial.set_user_attr("tune_trial_id", trial_id)
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
-            self._pending.pop(trial_id, None)
+            if trial_id in self._ot_trials and trial_id not in self._completed_trials:
+                # Without an epoch it holds only what Tune fills in for a trial that reported nothing.
+                self.on_trial_complete(trial_id, result if "epoch" in result else None)
 
     @staticmethod
     def _reported_steps(ot_trial) -> dict[int, float]:
@@ -139,7 +132,9 @@ class MultiFidelityOptunaSearch(OptunaSearch):
 
     def _complete_pareto(self, trial_id: str, ot_trial, result: Optional[dict], error: bool, stopped_early: bool) -> None:
         values = [result.get(m) for m in self.metric] if result else [None]
-        if error or not result or result.get("stopped") or None in values:
+        if not result and not error:  # ended before it reported (the time limit, say): it did not fail
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        elif error or result.get("stopped") or None in values:
             # Errors, NaN or out of memory: no point on the front, nothing for TPE to rank.
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         elif stopped_early and self._pareto == "budget":
