@@ -170,8 +170,10 @@ def _main(argv: list[str] | None) -> int:
         try:
             summary = run_search(cfg, resume=args.resume, source=args.config or str(DEFAULT_CONFIG))
         except (Interrupted, KeyboardInterrupt) as e:  # a second Ctrl-C skips Tune's last save
+            from search import stopping
+
             print(f"\n{e or 'interrupted: run the same command with --resume to finish'}", file=sys.stderr)
-            return 130  # the shell's code for a command ended by SIGINT
+            return 143 if stopping.terminated() else 130  # the shell's codes for SIGTERM, SIGINT
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

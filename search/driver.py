@@ -7,6 +7,7 @@ write ``<storage_path>/<name>/summary.json``. The Optuna study is stored beside 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -788,77 +789,80 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     # the trainable: import them while the local cluster starts (about 1.7 s less per search).
     importer = threading.Thread(target=importlib.import_module, args=("trainables.train",), daemon=True)
     importer.start()
-    try:
-        init_ray(cfg)
-        _check_resources(cfg)
-        pool = prepare(cfg)
-        started_as = cfg
-        cfg, _ = check_against_pool(cfg, pool, source)
-    finally:  # also on an error: exiting mid-import (torch) would add a traceback to its one line
-        importer.join()
-    from trainables.train import trainable  # re-raises here if the import failed in the thread
+    with contextlib.ExitStack() as on_exit:
+        try:
+            init_ray(cfg)
+            # After ray.init, which sets a handler of its own that exits mid-step without a word.
+            on_exit.enter_context(stopping.sigterm_as_ctrl_c())
+            _check_resources(cfg)
+            pool = prepare(cfg)
+            started_as = cfg
+            cfg, _ = check_against_pool(cfg, pool, source)
+        finally:  # also on an error: exiting mid-import (torch) would add a traceback to its one line
+            importer.join()
+        from trainables.train import trainable  # re-raises here if the import failed in the thread
 
-    setup = trial_setup(cfg, pool)
-    fn = tune.with_resources(tune.with_parameters(trainable, setup=setup), cfg.resources_per_trial.model_dump())
-    if resume:
-        tuner = tune.Tuner.restore(shown, trainable=fn, resume_errored=True)
-    else:
-        if cfg.search.grace_period >= cfg.training.epochs:  # legal (a quick run), but say what it means
-            log.warning("%s: grace_period %d >= training.epochs %d: ASHA stops no trial early, every "
-                        "trial trains all its epochs", key_location(source, ("search", "grace_period")),
-                        cfg.search.grace_period, cfg.training.epochs)
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration", metric=METRIC, mode="max", max_t=cfg.training.epochs,
-            grace_period=min(cfg.search.grace_period, cfg.training.epochs),
-            reduction_factor=cfg.search.reduction_factor,
-        )
-        search_alg, param_space, num_samples = _search_algorithm(cfg, exp)
-        tuner = tune.Tuner(
-            fn,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(
-                search_alg=search_alg,
-                scheduler=scheduler,
-                num_samples=num_samples,
-                trial_name_creator=trial_name,
-                trial_dirname_creator=trial_name,
-                # A new actor per trial costs a process and the torch/transformers imports,
-                # seconds each (benchmarks/search_overhead.py); a trial's state lives in its
-                # function, so the next trial can run in the same process.
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=cfg.name,
-                storage_path=storage_root(cfg.storage_path),
-                # Two, not one: with one, Tune snapshots the whole experiment after every checkpoint.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
-                # Always, limit or not: a resume may set one, and Tune restores what it started with.
-                stop=stopping.Deadline(),
-                callbacks=[stopping.TrialWatch()],
-                verbose=1,
-            ),
-        )
-    if not resume:
-        # As given ({simplex: all} unresolved), so that --resume compares like with like.
-        _write_text(fs, f"{exp}/{CONFIG}", yaml.safe_dump(started_as.model_dump(mode="json"), sort_keys=False))
-    with clock:
-        results = tuner.fit()
-        cut, unfinished = stopping.cut(), stopping.unfinished()
-        # Tune returns normally after a Ctrl-C, with trials unfinished or not yet created; it shows
-        # the running ones TERMINATED, so count those its last step had finished. Summarizing the
-        # others would call them stopped early and the search done. At the time limit the search
-        # is done, with what it found.
-        if unfinished is None:  # Tune took no step: nothing was left to run, and nothing was stopped
-            finished = results.num_terminated + results.num_errors
+        setup = trial_setup(cfg, pool)
+        fn = tune.with_resources(tune.with_parameters(trainable, setup=setup), cfg.resources_per_trial.model_dump())
+        if resume:
+            tuner = tune.Tuner.restore(shown, trainable=fn, resume_errored=True)
         else:
-            finished = len(results) - len(unfinished)
-        asked = max(len(results), cfg.search.num_samples if cfg.search.algorithm == "tpe" else 0)
-        if cut is None and finished < asked:
-            raise Interrupted(
-                f"{shown}: interrupted with {finished} of {asked} trials finished; the experiment is "
-                "saved: run the same command with --resume to finish it"
+            if cfg.search.grace_period >= cfg.training.epochs:  # legal (a quick run), but say what it means
+                log.warning("%s: grace_period %d >= training.epochs %d: ASHA stops no trial early, every "
+                            "trial trains all its epochs", key_location(source, ("search", "grace_period")),
+                            cfg.search.grace_period, cfg.training.epochs)
+            scheduler = ASHAScheduler(
+                time_attr="training_iteration", metric=METRIC, mode="max", max_t=cfg.training.epochs,
+                grace_period=min(cfg.search.grace_period, cfg.training.epochs),
+                reduction_factor=cfg.search.reduction_factor,
             )
-        summary = summarize(results, cfg, pool, clock.finish(), out_of_time=cut)
-        _write_text(fs, f"{exp}/{SUMMARY}", summary.to_json())
-    return summary
+            search_alg, param_space, num_samples = _search_algorithm(cfg, exp)
+            tuner = tune.Tuner(
+                fn,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    search_alg=search_alg,
+                    scheduler=scheduler,
+                    num_samples=num_samples,
+                    trial_name_creator=trial_name,
+                    trial_dirname_creator=trial_name,
+                    # A new actor per trial costs a process and the torch/transformers imports,
+                    # seconds each (benchmarks/search_overhead.py); a trial's state lives in its
+                    # function, so the next trial can run in the same process.
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=cfg.name,
+                    storage_path=storage_root(cfg.storage_path),
+                    # Two, not one: with one, Tune snapshots the whole experiment after every checkpoint.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
+                    # Always, limit or not: a resume may set one, and Tune restores what it started with.
+                    stop=stopping.Deadline(),
+                    callbacks=[stopping.TrialWatch()],
+                    verbose=1,
+                ),
+            )
+        if not resume:
+            # As given ({simplex: all} unresolved), so that --resume compares like with like.
+            _write_text(fs, f"{exp}/{CONFIG}", yaml.safe_dump(started_as.model_dump(mode="json"), sort_keys=False))
+        with clock:
+            results = tuner.fit()
+            cut, unfinished = stopping.cut(), stopping.unfinished()
+            # Tune returns normally after a Ctrl-C, with trials unfinished or not yet created; it shows
+            # the running ones TERMINATED, so count those its last step had finished. Summarizing the
+            # others would call them stopped early and the search done. At the time limit the search
+            # is done, with what it found.
+            if unfinished is None:  # Tune took no step: nothing was left to run, and nothing was stopped
+                finished = results.num_terminated + results.num_errors
+            else:
+                finished = len(results) - len(unfinished)
+            asked = max(len(results), cfg.search.num_samples if cfg.search.algorithm == "tpe" else 0)
+            if cut is None and finished < asked:
+                raise Interrupted(
+                    f"{shown}: interrupted with {finished} of {asked} trials finished; the experiment is "
+                    "saved: run the same command with --resume to finish it"
+                )
+            summary = summarize(results, cfg, pool, clock.finish(), out_of_time=cut)
+            _write_text(fs, f"{exp}/{SUMMARY}", summary.to_json())
+        return summary

@@ -1,4 +1,4 @@
-"""How a search ended: done, interrupted (Ctrl-C), or at ``search.time_limit``.
+"""How a search ended: done, interrupted (Ctrl-C, or SIGTERM), or at ``search.time_limit``.
 
 Tune cannot say. After a Ctrl-C it stops the running trials as it stops finished ones, so its
 results show them TERMINATED, and a search interrupted with its last trials running looked
@@ -12,13 +12,22 @@ summary), trials not yet started never run, and the driver summarizes what it fo
 Tune pickles its stopper and callbacks with the experiment and ``Tuner.restore`` brings back
 those it started with, so the state is kept here, per driver process, and set by the driver for
 each run (``arm``): a resume uses its own config's limit and the time already spent.
+
+SIGTERM (``kill``, ``ray job stop``, a batch scheduler's notice before it kills a job) ends the
+search as Ctrl-C does (``sigterm_as_ctrl_c``): Tune saves the experiment and the driver says how to
+resume. Ray's own handler (set by ``ray.init``) exits at once, mid-step, without a word.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from ray.tune import Callback
 from ray.tune.experiment import Trial
@@ -32,6 +41,7 @@ class _State:
     unfinished: frozenset[str] | None = None  # at the end of Tune's last step; None: it took none
     cut: frozenset[str] | None = None  # unfinished when time ran out; None: it did not
     searcher: Any = None  # told how the trials the deadline ends stand (``watch``)
+    terminated: bool = False  # a SIGTERM arrived (``sigterm_as_ctrl_c``)
 
 
 _state = _State()
@@ -61,6 +71,52 @@ def unfinished() -> frozenset[str] | None:
 def cut() -> frozenset[str] | None:
     """The trials unfinished when this run's time ran out, or None if the run ended otherwise."""
     return _state.cut
+
+
+def terminated() -> bool:
+    """Whether this run was ended by a SIGTERM (the command then exits 143, not Ctrl-C's 130)."""
+    return _state.terminated
+
+
+# How long a SIGTERM'd driver may take to stop (Tune saves in well under a second and stops its
+# trials in about two). A SIGTERM sent to the driver's whole process group (a batch scheduler
+# cancelling the job, `kill -- -PGID`) also ends the local cluster's own processes, and Tune would
+# wait a minute for them before Ray gave up; schedulers send SIGKILL sooner (Slurm after 30 s).
+SIGTERM_GRACE_SECONDS = 10.0
+
+
+def _exit_if_still_running(seconds: float) -> None:
+    time.sleep(seconds)
+    print(f"\nSIGTERM: the search did not end within {seconds:g} s (was its local Ray cluster stopped "
+          "too?); exiting: run the same command with --resume to finish it", file=sys.stderr, flush=True)
+    sys.stdout.flush()  # os._exit skips it
+    os._exit(143)  # the shell's code for a command ended by SIGTERM
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    if not _state.terminated:
+        _state.terminated = True
+        threading.Thread(target=_exit_if_still_running, args=(SIGTERM_GRACE_SECONDS,), daemon=True).start()
+    # Whatever Ctrl-C does now: inside Tuner.fit, Tune's handler ends the search after its step and
+    # saves the experiment (a second signal skips that); outside, KeyboardInterrupt.
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler):  # SIG_IGN or SIG_DFL: none set by Python
+        raise KeyboardInterrupt
+    handler(signal.SIGINT, frame)
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """Within this block a SIGTERM ends the run as Ctrl-C would. Enter it after ``ray.init``,
+    which sets its own handler; the one before is put back on leaving."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set one
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 class Deadline(Stopper):

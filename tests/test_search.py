@@ -13,6 +13,7 @@ import pytest
 import ray
 import yaml
 
+from search import stopping
 from search.cli import main
 from tests.conftest import merge, write_config
 
@@ -290,24 +291,44 @@ def test_a_killed_driver_resumes_and_finishes_the_experiment(tmp_path, moment):
     assert all(held[i] == [1, 2, 3, 4] for i in ids), held
 
 
-def interrupt(tmp_path, path, exp, *args) -> None:
-    """Start a search and Ctrl-C it after a trial's first epoch."""
+# How a search is stopped: (signal, sent to the driver's whole process group?, exit status).
+STOPS = {
+    "ctrl_c": (signal.SIGINT, True, 130),  # what Ctrl-C in a terminal sends: the whole group
+    "sigterm": (signal.SIGTERM, False, 143),  # `kill PID`, `ray job stop` (on a cluster: the driver alone)
+    # A batch scheduler cancelling the job (Slurm's scancel), `kill -- -PGID`: the local cluster's own
+    # processes get it too, so Tune cannot stop its trials; the driver once waited a minute for them.
+    "sigterm_to_group": (signal.SIGTERM, True, 143),
+}
+
+
+def interrupt(tmp_path, path, exp, *args, how="ctrl_c") -> None:
+    """Start a search and stop it (``STOPS``) after a trial's first epoch."""
+    sig, group, code = STOPS[how]
     driver = start_driver(tmp_path, path, *args)
     wait_for(lambda: MOMENTS["first_epoch"](tmp_path, exp), driver, tmp_path)
-    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole group
-    assert driver.wait(timeout=120) == 130
+    (os.killpg if group else os.kill)(driver.pid, sig)
+    assert driver.wait(timeout=120) == code, (tmp_path / "driver.log").read_text()[-3000:]
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_an_unsummarized_experiment_that_resume_finishes(tmp_path, capsys):
+@pytest.mark.parametrize("how", list(STOPS))
+def test_ctrl_c_or_sigterm_leaves_an_unsummarized_experiment_that_resume_finishes(tmp_path, capsys, how):
     # As many trials as run at once: every trial exists when Ctrl-C lands, and Tune shows the
     # running ones TERMINATED; the search once read as done, summarized and exit 0.
     path = write_config(tmp_path, merge(KILLABLE, {"search": {"num_samples": 2}}))
     exp = tmp_path / "results" / "t"
-    interrupt(tmp_path, path, exp)
+    interrupt(tmp_path, path, exp, how=how)
     log = (tmp_path / "driver.log").read_text()
-    assert "interrupted with 0 of 2 trials finished; the experiment is saved: run the same command with --resume" in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
+    if how == "sigterm_to_group":  # the driver gave up on its dead cluster after a while
+        grace = f"{stopping.SIGTERM_GRACE_SECONDS:g} s"
+        assert f"SIGTERM: the search did not end within {grace} (was its local Ray cluster stopped too?); " \
+               "exiting: run the same command with --resume to finish it" in log, log[-3000:]
+        assert main(["run", str(path), "--resume"]) == 0
+        assert load(exp / "summary.json")["counts"] == {"COMPLETED": 2}
+        return
+    # SIGTERM ends the search as Ctrl-C does (Ray's own handler exited mid-step, status 15, silent).
+    assert "interrupted with 0 of 2 trials finished; the experiment is saved: run the same command with --resume" in log, log[-3000:]
     # KILLABLE keeps every trial to its end (grace 4 of 4 epochs), and the run says so.
     line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "grace_period" in text)
     assert f"{path}, line {line}, key search.grace_period: grace_period 4 >= training.epochs 4: ASHA stops no" in log
