@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     """The ``mixsearch`` command; returns its exit status (2 for bad input)."""
     try:
         return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C in prepare, report or export: they write into place only when done
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader went away (`mixsearch report ... | head`): not an error worth a traceback.
         # Point stdout at devnull so the interpreter's final flush does not raise again.
@@ -172,7 +175,7 @@ def _main(argv: list[str] | None) -> int:
         except (Interrupted, KeyboardInterrupt) as e:  # a second Ctrl-C skips Tune's last save
             from search import stopping
 
-            print(f"\n{e or 'interrupted: run the same command with --resume to finish'}", file=sys.stderr)
+            print(f"\n{str(e) or 'interrupted: run the same command with --resume to finish it'}", file=sys.stderr)
             return 143 if stopping.terminated() else 130  # the shell's codes for SIGTERM, SIGINT
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

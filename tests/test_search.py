@@ -194,9 +194,9 @@ def test_python_dash_m_search_is_the_cli(tmp_path):
     assert load_config(copy) == load_config()
 
 
-def start_driver(tmp_path, *args) -> subprocess.Popen:
+def start_driver(tmp_path, *args, verb="run") -> subprocess.Popen:
     log = open(tmp_path / "driver.log", "a")
-    return subprocess.Popen([sys.executable, "-m", "search", "run", *map(str, args)], stdout=log,
+    return subprocess.Popen([sys.executable, "-m", "search", verb, *map(str, args)], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -301,11 +301,12 @@ STOPS = {
 }
 
 
-def interrupt(tmp_path, path, exp, *args, how="ctrl_c") -> None:
-    """Start a search and stop it (``STOPS``) after a trial's first epoch."""
+def interrupt(tmp_path, path, exp, *args, how="ctrl_c", moment="first_epoch", verb="run") -> None:
+    """Start a search (or another verb) and stop it (``STOPS``) at a moment (``MOMENTS``), by
+    default after a trial's first epoch."""
     sig, group, code = STOPS[how]
-    driver = start_driver(tmp_path, path, *args)
-    wait_for(lambda: MOMENTS["first_epoch"](tmp_path, exp), driver, tmp_path)
+    driver = start_driver(tmp_path, path, *args, verb=verb)
+    wait_for(lambda: MOMENTS[moment](tmp_path, exp), driver, tmp_path)
     (os.killpg if group else os.kill)(driver.pid, sig)
     assert driver.wait(timeout=120) == code, (tmp_path / "driver.log").read_text()[-3000:]
 
@@ -347,6 +348,20 @@ def test_ctrl_c_or_sigterm_leaves_an_unsummarized_experiment_that_resume_finishe
     assert 0 < summary["run_seconds"][1] <= resumed
     assert summary["wall_seconds"] == pytest.approx(sum(summary["run_seconds"]), abs=0.1)
     assert f"over 2 runs (--resume): {interrupted[0]:.0f}s, " in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verb, how", [("run", "ctrl_c"), ("run", "sigterm"), ("prepare", "ctrl_c")])
+def test_stopped_while_preparing_the_pool_it_says_so_in_a_line_and_leaves_nothing_half_written(tmp_path, verb, how):
+    # run's line was empty (an exception with no message), SIGTERM exited 15 without one, and
+    # prepare printed Ray Data's traceback.
+    path = write_config(tmp_path, KILLABLE)
+    interrupt(tmp_path, path, tmp_path / "results" / "t", how=how, moment="preparing", verb=verb)
+    log = (tmp_path / "driver.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+    said = "interrupted: run the same command with --resume to finish it" if verb == "run" else "interrupted"
+    assert log.rstrip().endswith(said), log[-3000:]
+    assert not list((tmp_path / "pools").iterdir())  # the pool being written is gone
 
 
 @pytest.mark.slow
