@@ -345,7 +345,7 @@ def test_ctrl_c_or_sigterm_leaves_an_unsummarized_experiment_that_resume_finishe
     assert summary["counts"] == {"COMPLETED": 2} and not summary["out_of_time"]
     # The search's time is both runs': the interrupted one as it recorded itself, then this one.
     assert summary["run_seconds"][0] == interrupted[0] and len(summary["run_seconds"]) == 2
-    assert 0 < summary["run_seconds"][1] <= resumed
+    assert 0 < summary["run_seconds"][1] <= resumed + 0.05  # kept to 0.1 s
     assert summary["wall_seconds"] == pytest.approx(sum(summary["run_seconds"]), abs=0.1)
     assert f"over 2 runs (--resume): {interrupted[0]:.0f}s, " in capsys.readouterr().out
 
