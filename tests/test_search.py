@@ -412,7 +412,8 @@ def test_the_run_clock_adds_each_run_to_those_before_it(tmp_path, caplog):
         return load(path)["runs"]
 
     with RunClock(fs, str(tmp_path), started=time.time() - 30, every=0.02) as clock:
-        assert runs() == [30.0]  # written at the start: a run killed at once still counts
+        # Written at the start: a run killed at once still counts (kept to 0.1 s, so a slow write may add one).
+        assert len(runs()) == 1 and runs()[0] == pytest.approx(30.0, abs=0.15)
         assert load(path)["driver"]["pid"] == os.getpid()  # and who is running it
         assert load(path)["driver"]["deadline"] is None
         clock.deadline = 1e10  # search.time_limit's, for `mixsearch report`
