@@ -291,24 +291,31 @@ def test_a_killed_driver_resumes_and_finishes_the_experiment(tmp_path, moment):
     assert all(held[i] == [1, 2, 3, 4] for i in ids), held
 
 
-# How a search is stopped: (signal, sent to the driver's whole process group?, exit status).
+# How a search is stopped: (signal, sent to the driver's whole process group?, exit statuses).
 STOPS = {
-    "ctrl_c": (signal.SIGINT, True, 130),  # what Ctrl-C in a terminal sends: the whole group
-    "sigterm": (signal.SIGTERM, False, 143),  # `kill PID`, `ray job stop` (on a cluster: the driver alone)
+    "ctrl_c": (signal.SIGINT, True, {130}),  # what Ctrl-C in a terminal sends: the whole group
+    "sigterm": (signal.SIGTERM, False, {143}),  # `kill PID`, `ray job stop` (on a cluster: the driver alone)
     # A batch scheduler cancelling the job (Slurm's scancel), `kill -- -PGID`: the local cluster's own
-    # processes get it too, so Tune cannot stop its trials; the driver once waited a minute for them.
-    "sigterm_to_group": (signal.SIGTERM, True, 143),
+    # processes get it too, so Tune cannot stop its trials. Ray may end the driver itself (status 1,
+    # seen once in six), else the driver gives up after a grace period; it once waited a minute.
+    "sigterm_to_group": (signal.SIGTERM, True, {143, 1}),
 }
 
 
-def interrupt(tmp_path, path, exp, *args, how="ctrl_c", moment="first_epoch", verb="run") -> None:
+def interrupt(tmp_path, path, exp, *args, how="ctrl_c", moment="first_epoch", verb="run") -> int:
     """Start a search (or another verb) and stop it (``STOPS``) at a moment (``MOMENTS``), by
-    default after a trial's first epoch."""
-    sig, group, code = STOPS[how]
+    default after a trial's first epoch; its exit status."""
+    sig, group, codes = STOPS[how]
     driver = start_driver(tmp_path, path, *args, verb=verb)
     wait_for(lambda: MOMENTS[moment](tmp_path, exp), driver, tmp_path)
     (os.killpg if group else os.kill)(driver.pid, sig)
-    assert driver.wait(timeout=120) == code, (tmp_path / "driver.log").read_text()[-3000:]
+    try:  # well within the minute a driver whose cluster is gone would otherwise wait
+        code = driver.wait(timeout=stopping.SIGTERM_GRACE_SECONDS + 30)
+    except subprocess.TimeoutExpired:
+        os.killpg(driver.pid, signal.SIGKILL)
+        raise
+    assert code in codes, (tmp_path / "driver.log").read_text()[-3000:]
+    return code
 
 
 @pytest.mark.slow
@@ -318,13 +325,17 @@ def test_ctrl_c_or_sigterm_leaves_an_unsummarized_experiment_that_resume_finishe
     # running ones TERMINATED; the search once read as done, summarized and exit 0.
     path = write_config(tmp_path, merge(KILLABLE, {"search": {"num_samples": 2}}))
     exp = tmp_path / "results" / "t"
-    interrupt(tmp_path, path, exp, how=how)
+    code = interrupt(tmp_path, path, exp, how=how)
     log = (tmp_path / "driver.log").read_text()
-    assert "Traceback" not in log, log[-3000:]
-    if how == "sigterm_to_group":  # the driver gave up on its dead cluster after a while
-        grace = f"{stopping.SIGTERM_GRACE_SECONDS:g} s"
-        assert f"SIGTERM: the search did not end within {grace} (was its local Ray cluster stopped too?); " \
-               "exiting: run the same command with --resume to finish it" in log, log[-3000:]
+    # (Sent to the group, the signal also ends Ray's own processes, whose last words are theirs.)
+    assert how == "sigterm_to_group" or "Traceback" not in log, log[-3000:]
+    if how.startswith("sigterm"):  # said at once, whoever ends the process
+        assert "SIGTERM: ending the search as Ctrl-C does; run the same command with --resume to finish it" in log
+    if how == "sigterm_to_group":
+        if code == 143:  # not Ray: the driver gave up on its dead cluster
+            grace = f"{stopping.SIGTERM_GRACE_SECONDS:g} s"
+            assert f"SIGTERM: the search did not end within {grace} (was its local Ray cluster stopped " \
+                   "too?); exiting: run the same command with --resume to finish it" in log, log[-3000:]
         assert main(["run", str(path), "--resume"]) == 0
         assert load(exp / "summary.json")["counts"] == {"COMPLETED": 2}
         return
