@@ -78,8 +78,8 @@ def terminated() -> bool:
     return _state.terminated
 
 
-# How long a SIGTERM'd driver may take to stop (Tune saves in well under a second and stops its
-# trials in about two). A SIGTERM sent to the driver's whole process group (a batch scheduler
+# How long a SIGTERM'd driver may take to stop (Tune saves within a second and gives its trials
+# at most 5 s to stop). A SIGTERM sent to the driver's whole process group (a batch scheduler
 # cancelling the job, `kill -- -PGID`) also ends the local cluster's own processes: then either
 # Ray ends the driver at once (status 1) or Tune waits a minute for them before Ray gives up;
 # schedulers send SIGKILL sooner (Slurm after 30 s).
@@ -98,8 +98,9 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     if not _state.terminated:
         _state.terminated = True
         # Said now: when the local cluster got the signal too, Ray may end this process itself.
-        print("\nSIGTERM: ending the search as Ctrl-C does; run the same command with --resume to finish it",
-              file=sys.stderr, flush=True)
+        # os.write: a print here could land inside one to the same stream (a reentrant call).
+        os.write(2, b"\nSIGTERM: ending the search as Ctrl-C does; "
+                 b"run the same command with --resume to finish it\n")
         threading.Thread(target=_exit_if_still_running, args=(SIGTERM_GRACE_SECONDS,), daemon=True).start()
     # Whatever Ctrl-C does now: inside Tuner.fit, Tune's handler ends the search after its step and
     # saves the experiment (a second signal skips that); outside, KeyboardInterrupt.
