@@ -175,7 +175,7 @@ def _main(argv: list[str] | None) -> int:
         except (Interrupted, KeyboardInterrupt) as e:  # a second Ctrl-C skips Tune's last save
             from search import stopping
 
-            print(f"\n{str(e) or 'interrupted: run the same command with --resume to finish it'}", file=sys.stderr)
+            print(f"\n{str(e) or f'interrupted: {stopping.RESUME_ADVICE}'}", file=sys.stderr)
             return 143 if stopping.terminated() else 130  # the shell's codes for SIGTERM, SIGINT
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

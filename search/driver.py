@@ -861,7 +861,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
             if cut is None and finished < asked:
                 raise Interrupted(
                     f"{shown}: interrupted with {finished} of {asked} trials finished; the experiment is "
-                    "saved: run the same command with --resume to finish it"
+                    f"saved: {stopping.RESUME_ADVICE}"
                 )
             summary = summarize(results, cfg, pool, clock.finish(), out_of_time=cut)
             _write_text(fs, f"{exp}/{SUMMARY}", summary.to_json())

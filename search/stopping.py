@@ -73,6 +73,10 @@ def cut() -> frozenset[str] | None:
     return _state.cut
 
 
+# What every way a run can be stopped says to do next.
+RESUME_ADVICE = "run the same command with --resume to finish it"
+
+
 def terminated() -> bool:
     """Whether this run was ended by a SIGTERM (the command then exits 143, not Ctrl-C's 130)."""
     return _state.terminated
@@ -89,7 +93,7 @@ SIGTERM_GRACE_SECONDS = 10.0
 def _exit_if_still_running(seconds: float) -> None:
     time.sleep(seconds)
     print(f"\nSIGTERM: the search did not end within {seconds:g} s (was its local Ray cluster stopped "
-          "too?); exiting: run the same command with --resume to finish it", file=sys.stderr, flush=True)
+          f"too?); exiting: {RESUME_ADVICE}", file=sys.stderr, flush=True)
     sys.stdout.flush()  # os._exit skips it
     os._exit(143)  # the shell's code for a command ended by SIGTERM
 
@@ -99,8 +103,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         _state.terminated = True
         # Said now: when the local cluster got the signal too, Ray may end this process itself.
         # os.write: a print here could land inside one to the same stream (a reentrant call).
-        os.write(2, b"\nSIGTERM: ending the search as Ctrl-C does; "
-                 b"run the same command with --resume to finish it\n")
+        os.write(2, f"\nSIGTERM: ending the search as Ctrl-C does; {RESUME_ADVICE}\n".encode())
         threading.Thread(target=_exit_if_still_running, args=(SIGTERM_GRACE_SECONDS,), daemon=True).start()
     # Whatever Ctrl-C does now: inside Tuner.fit, Tune's handler ends the search after its step and
     # saves the experiment (a second signal skips that); outside, KeyboardInterrupt.
