@@ -533,6 +533,10 @@ class SearchConfig(_Strict):
     max_concurrent: int = Field(2, ge=1)
     grace_period: int = Field(2, ge=1, description="epochs before ASHA may stop a trial")
     reduction_factor: float = Field(3, gt=1)
+    stop_by: Literal["unseen_loss", "unseen_accuracy"] = Field(
+        "unseen_loss", description="what ASHA ranks trials by at its rungs: the unseen split's loss per answer "
+        "token (lower is better) or unseen_accuracy; the search's objective stays unseen_accuracy"
+    )
     max_failures: int = Field(2, ge=0, description="retries of a trial that raises, from its last checkpoint")
     study_storage: str | None = Field(
         None, description="a database URL for the Optuna study; null: a journal file beside the experiment"

@@ -45,6 +45,11 @@ STALE_SECONDS = 30.0  # a driver that has not updated runs.json for this long is
 # driver, not Tune, keeps the deadline). Tune resumes everything else as it started, so a change
 # there would be silently ignored.
 RESUMABLE = ("name", "storage_path", "ray.", "search.start_from", "search.time_limit")
+# Keys added since experiments began saving their config, with the value an experiment saved
+# without one ran with: Tune resumes it so, whatever the config now says.
+ADDED_SINCE = {"search.stop_by": "unseen_accuracy"}
+# Whether ASHA keeps the larger or the smaller values of each stop_by metric.
+STOP_BY_MODE = {"unseen_loss": "min", "unseen_accuracy": "max"}
 
 
 @dataclass(frozen=True)
@@ -408,7 +413,9 @@ def check_resumed_config(cfg: Config, source: str) -> dict[str, Any] | None:
         started = _flat(yaml.safe_load(f.read()) or {})
     now = _flat(cfg.model_dump(mode="json"))
     keys = list(now) + [k for k in started if k not in now]  # in the config's order
-    changed = [k for k in keys if not k.startswith(RESUMABLE) and started.get(k) != now.get(k)]
+    # A key added since this experiment started is not compared: it resumes as it ran.
+    changed = [k for k in keys if not k.startswith(RESUMABLE) and started.get(k) != now.get(k)
+               and not (k in ADDED_SINCE and k not in started)]
     if changed:
         shown_changes = "; ".join(f"{k}: {started.get(k)!r} then, {now.get(k)!r} now" for k in changed[:5])
         raise ConfigError(
@@ -591,6 +598,20 @@ def tpe_sampler(seed: int, num_samples: int) -> optuna.samplers.TPESampler:
         )
 
 
+def asha_scheduler(cfg: Config):
+    """The search's early stopping: ASHA over epochs, ranking trials at its rungs by
+    ``search.stop_by``. At the first rungs exact match is near zero for every trial and ranks
+    them by chance, while the loss on the same unseen answers already ranks them as their final
+    accuracy will (README, "Benchmarks"); the searcher's objective stays ``unseen_accuracy``."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="training_iteration", metric=cfg.search.stop_by, mode=STOP_BY_MODE[cfg.search.stop_by],
+        max_t=cfg.training.epochs, grace_period=min(cfg.search.grace_period, cfg.training.epochs),
+        reduction_factor=cfg.search.reduction_factor,
+    )
+
+
 def _search_algorithm(cfg: Config, exp: str):
     """(search_alg, param_space, num_samples) for Tune: TPE with its Optuna study, or a grid."""
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
@@ -656,10 +677,11 @@ class Interrupted(RuntimeError):
     """The search ended before its trials did (Ctrl-C): the experiment is saved, not summarized."""
 
 
-def check_run(cfg: Config, *, resume: bool, source: str) -> tuple[pafs.FileSystem, str, str, str]:
+def check_run(cfg: Config, *, resume: bool, source: str) -> tuple[pafs.FileSystem, str, str, str, Config]:
     """Every check of a run that needs no Ray. Returns the experiment's filesystem, path and name
-    as shown, and how the run starts: "new", "resume", or "finished" (``--resume`` of an
-    experiment with a summary: nothing to run). ``--resume`` with nothing to resume starts it."""
+    as shown, how the run starts: "new", "resume", or "finished" (``--resume`` of an experiment
+    with a summary: nothing to run), and the config as the experiment runs it (a resumed one with
+    the keys added since it started as it ran them). ``--resume`` with nothing to resume starts it."""
     try:
         fs, exp, shown = experiment_location(cfg)
     except (OSError, pa.ArrowException) as e:  # an unknown scheme, a bucket out of reach, no credentials
@@ -675,10 +697,11 @@ def check_run(cfg: Config, *, resume: bool, source: str) -> tuple[pafs.FileSyste
     if resume:
         check_not_running(fs, exp, shown)
         started = check_resumed_config(cfg, source)
+        cfg = _as_started(cfg, started)
         if _exists(fs, f"{exp}/{SUMMARY}"):
             # A retried job's --resume: restoring Tune would only rewrite the summary, its own
             # seconds added, and need every input (the pool, the model) to be there still.
-            return fs, exp, shown, "finished"
+            return fs, exp, shown, "finished", cfg
         _check_limit_kept(started, shown, cfg, source)
     if cfg.search.study_storage:
         from search.study import expand_secrets
@@ -687,7 +710,17 @@ def check_run(cfg: Config, *, resume: bool, source: str) -> tuple[pafs.FileSyste
     if cfg.search.start_from and not resume:
         previous_proposals(cfg)  # a missing or empty previous experiment
     check_inputs(cfg, source)  # a files corpus's missing files, an unloadable hub model, unwritable folders
-    return fs, exp, shown, "resume" if resume else "new"
+    return fs, exp, shown, "resume" if resume else "new", cfg
+
+
+def _as_started(cfg: Config, started: dict[str, Any] | None) -> Config:
+    """``cfg`` with each key of ``ADDED_SINCE`` as the experiment ran it (``started``: its saved
+    config, flattened; None if it saved none): Tune resumes it so, whatever the config says."""
+    for key, before in ADDED_SINCE.items():
+        section, leaf = key.split(".")
+        part = getattr(cfg, section)
+        cfg = cfg.model_copy(update={section: part.model_copy(update={leaf: (started or {}).get(key, before)})})
+    return cfg
 
 
 def check_against_pool(cfg: Config, pool: Path, source: str) -> tuple[Config, Manifest]:
@@ -709,7 +742,7 @@ def describe_run(cfg: Config, *, resume: bool = False, source: str = "config") -
     and writes nothing."""
     from search.pool import MANIFEST, pool_path
 
-    fs, exp, shown, start = check_run(cfg, resume=resume, source=source)
+    fs, exp, shown, start, cfg = check_run(cfg, resume=resume, source=source)
     if start == "finished":
         return f"experiment: {shown} ({_finished_text(shown)})"
     resume = start == "resume"
@@ -739,7 +772,8 @@ def describe_run(cfg: Config, *, resume: bool = False, source: str = "config") -
     if s.start_from and not resume:
         lines.append(f"first: the {len(previous_proposals(cfg))} proposals of {s.start_from}")
     lines.append(f"training: at most {epochs} epochs a trial ({trials * epochs} in all); ASHA may stop a trial "
-                 f"after {min(s.grace_period, epochs)}, reduction factor {s.reduction_factor:g}")
+                 f"after {min(s.grace_period, epochs)}, reduction factor {s.reduction_factor:g}, "
+                 f"ranking trials by {s.stop_by}")
     if s.time_limit is not None:
         spent = sum(read_runs(fs, f"{exp}/{RUNS}")[0]) if resume else 0.0
         left = f" ({duration_text(max(0.0, s.time_limit - spent))} left after the earlier runs)" if spent else ""
@@ -771,12 +805,11 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     ``summary.json`` is written, so the experiment reads as unfinished until ``--resume``. At
     ``search.time_limit`` the search ends and is summarized with what it found (``out_of_time``)."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from search import stopping
     from search.pool import prepare
 
-    fs, exp, shown, start = check_run(cfg, resume=resume, source=source)
+    fs, exp, shown, start, cfg = check_run(cfg, resume=resume, source=source)
     if start == "finished":
         log.info("%s: %s", shown, _finished_text(shown))
         return read_summary(fs, f"{exp}/{SUMMARY}")
@@ -811,11 +844,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
                 log.warning("%s: grace_period %d >= training.epochs %d: ASHA stops no trial early, every "
                             "trial trains all its epochs", key_location(source, ("search", "grace_period")),
                             cfg.search.grace_period, cfg.training.epochs)
-            scheduler = ASHAScheduler(
-                time_attr="training_iteration", metric=METRIC, mode="max", max_t=cfg.training.epochs,
-                grace_period=min(cfg.search.grace_period, cfg.training.epochs),
-                reduction_factor=cfg.search.reduction_factor,
-            )
+            scheduler = asha_scheduler(cfg)
             search_alg, param_space, num_samples = _search_algorithm(cfg, exp)
             tuner = tune.Tuner(
                 fn,

@@ -246,6 +246,33 @@ def test_a_time_limit_for_an_experiment_started_before_time_limits_is_refused_no
     assert main(resume) == 2 and not ray.is_initialized()
 
 
+def test_an_experiment_started_before_stop_by_resumes_as_it_ran(tmp_path, capsys):
+    # Experiments saved before search.stop_by ranked by accuracy, and Tune restores their scheduler
+    # so: a resume is not refused for the key, and says what it ranks by.
+    path = write_config(tmp_path)
+    exp = tmp_path / "results" / "t"
+    exp.mkdir(parents=True)
+    (exp / "tuner.pkl").write_bytes(b"")  # an unfinished experiment
+    saved = load_config(path).model_dump(mode="json")
+    del saved["search"]["stop_by"]
+    (exp / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert main(["run", str(path), "--resume", "--dry-run"]) == 0
+    assert "ranking trials by unseen_accuracy" in capsys.readouterr().out
+    saved["search"]["stop_by"] = "unseen_accuracy"  # one that saved it is held to it
+    (exp / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert main(["run", str(path), "--resume", "--dry-run"]) == 2
+    assert "search.stop_by: 'unseen_accuracy' then, 'unseen_loss' now" in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+def test_stop_by_names_a_metric_asha_can_rank_by(tmp_path, capsys):
+    path = write_config(tmp_path, {"search": {"stop_by": "unseen_rouge"}})
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "stop_by:" in text)
+    assert f"{path}, line {line}, key search.stop_by: Input should be 'unseen_loss' or 'unseen_accuracy'" in error_of(path)
+    assert main(["run", str(write_config(tmp_path)), "--dry-run"]) == 0
+    assert "ranking trials by unseen_loss" in capsys.readouterr().out
+
+
 def test_num_samples_given_to_a_grid_is_refused_not_ignored(tmp_path, capsys):
     import yaml
 
@@ -334,7 +361,8 @@ def test_dry_run_checks_a_run_and_prints_its_plan_and_starts_nothing(tmp_path, c
     assert out[1].startswith(f"pool: {tmp_path / 'pools'}/string_rewrite-") and "(not prepared" in out[1]
     assert out[2:] == [
         "search: grid: every combination once, 6 trials, 3 at a time",
-        "training: at most 2 epochs a trial (12 in all); ASHA may stop a trial after 1, reduction factor 3",
+        "training: at most 2 epochs a trial (12 in all); ASHA may stop a trial after 1, reduction factor 3, "
+        "ranking trials by unseen_loss",
         "each trial: 2 CPU, 0 GPU, on a local Ray cluster",
         "space:",
         "  weights: one of 2: {random: 0.5, mirrored: 0.5}; {repeated: 1}",

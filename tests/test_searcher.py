@@ -87,6 +87,27 @@ def test_pareto_front_of_accuracy_against_budget(tmp_path, monkeypatch):
     assert [p["unseen_accuracy"] for p in front] == sorted(p["unseen_accuracy"] for p in front)
 
 
+@pytest.mark.parametrize("stop_by", ["unseen_loss", "unseen_accuracy"])
+def test_asha_ranks_trials_by_the_metric_search_stop_by_names(stop_by):
+    # At epoch 2 exact match is near zero for every trial; the loss already tells them apart.
+    # Trial b has the lower accuracy but the lower (better) loss: ASHA keeps it only by loss.
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from search.config import Config
+    from search.driver import asha_scheduler
+
+    scheduler = asha_scheduler(Config.model_validate({"search": {"stop_by": stop_by, "grace_period": 2}}))
+    a, b = Trial("t", config={}, stub=True), Trial("t", config={}, stub=True)
+    for trial in (a, b):
+        scheduler.on_trial_add(None, trial)
+    first = {"training_iteration": 2, "unseen_accuracy": 0.07, "unseen_loss": 1.0}
+    assert scheduler.on_trial_result(None, a, first) == TrialScheduler.CONTINUE  # the rung's first
+    second = {"training_iteration": 2, "unseen_accuracy": 0.05, "unseen_loss": 0.7}
+    expected = TrialScheduler.CONTINUE if stop_by == "unseen_loss" else TrialScheduler.STOP
+    assert scheduler.on_trial_result(None, b, second) == expected
+
+
 def test_a_tie_for_best_goes_to_a_trial_run_to_the_end_then_to_the_cheaper():
     # The first id of a tie used to be the best: in a Pareto search where no trial learned, a
     # dearer trial than the front's only point.

@@ -284,7 +284,8 @@ def trainable(config: dict, setup: dict) -> None:
         except tuple(DETERMINISTIC) as e:
             reason = next(v for k, v in DETERMINISTIC.items() if isinstance(e, k))
             log.warning("trial stopped: %s: %s", reason, e)
-            # With the costs: Tune fails the whole search on a result that lacks a metric its
-            # searcher was given, and a Pareto search's searcher is given one.
-            tune.report({"unseen_accuracy": 0.0, "stopped": reason, "reason": f"{type(e).__name__}: {e}",
-                         "node_id": node, **costs})
+            # With the costs and a loss: Tune fails the whole search on a result that lacks a
+            # metric its searcher (a Pareto search's is given a cost) or scheduler was given.
+            # NaN: there is no loss to rank by, and ASHA leaves NaN out of its cutoffs.
+            tune.report({"unseen_accuracy": 0.0, "unseen_loss": math.nan, "stopped": reason,
+                         "reason": f"{type(e).__name__}: {e}", "node_id": node, **costs})
