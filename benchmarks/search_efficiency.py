@@ -1,13 +1,14 @@
 """How much compute each search strategy needs to find a good mixture: a tabular benchmark.
 
-Two steps:
+Three steps (the third a second measurement on the same table):
 
 1. ``build-table`` runs the real training loop (``trainables.train.run_epochs``, what every trial
    runs) once for every configuration of a grid of mixtures x distinct instructions x learning
    rates on the built-in corpus, with the default model and training (8 epochs, evaluated on the
    whole unseen split, 2,000 items, so the 0.02 tolerance is about twice the evaluation's
    standard error; a budget of 10,000 examples, so the table builds in about 47 minutes on
-   2 cores), and writes each configuration's per-epoch ``unseen_accuracy`` curve to
+   2 cores; 34 minutes on a quieter day), and writes each configuration's per-epoch
+   ``unseen_accuracy``, ``unseen_loss`` and ``unseen_token_accuracy`` curves to
    ``benchmarks/search_efficiency_table.json`` (committed). It needs no Ray, so it runs on any
    machine with torch, e.g. a GPU box::
 
@@ -37,8 +38,22 @@ Two steps:
        python benchmarks/search_efficiency.py           # 10 seeds
        python benchmarks/search_efficiency.py --quick   # 3 seeds
 
-The last line printed is one JSON object: each strategy's median epochs, ``ratio_vs_grid`` and
-``ratio_vs_random_asha`` (this project's compute over theirs), and the bounds (``bound_*``).
+   ``random_asha_loss`` (random sampling, ASHA ranking by ``unseen_loss`` as this project's does)
+   runs too, to tell the stopping rule's part from the searcher's; the replay also prints how well
+   each figure at each epoch ranks the final accuracy. The last line printed is one JSON object:
+   each strategy's median epochs, ``ratio_vs_grid`` and ``ratio_vs_random_asha`` (this project's
+   compute over theirs), and the bounds (``bound_*``).
+
+3. ``default-size``: what ranking ASHA's rungs by ``search.stop_by`` buys a search of the default
+   size (12 trials, 2 at a time) on the table: the best final value each search finds among its
+   trials run to the end, ASHA ranking by ``unseen_accuracy`` (a Tune user's choice, the
+   baseline) and by ``stop_by`` (``unseen_loss``) on the same 40 seeds (10 with ``--quick``)::
+
+       python benchmarks/search_efficiency.py default-size
+
+   Its last line is one JSON object: each side's mean and worst best, how many of the searches
+   came within 0.02 of the table's best, their mean epochs, and ``ratio`` (mean best, this
+   project's over the baseline's).
 """
 
 from __future__ import annotations
@@ -78,6 +93,8 @@ AXES = {
     "learning_rate": [0.0015, 0.003, 0.006],
 }
 BUDGET, EPOCHS, EVAL_EXAMPLES = 10000, 8, 2000
+# Recorded beside each curve of unseen_accuracy (its key is "curve"): "<metric>_curve".
+EXTRA_CURVES = ("unseen_loss", "unseen_token_accuracy")
 
 
 # ---------------------------------------------------------------- step 1: the table
@@ -87,8 +104,11 @@ def _run_one(args: tuple[dict, dict]) -> dict:
 
     point, setup = args
     began = time.perf_counter()
-    curve = [m["unseen_accuracy"] for m, _ in run_epochs({**point, "setup": setup})]
-    return {**point, "curve": curve, "seconds": round(time.perf_counter() - began, 1)}
+    metrics = [m for m, _ in run_epochs({**point, "setup": setup})]
+    # The smooth figures too: whether they rank configurations earlier than exact match does.
+    extra = {f"{k}_curve": [m[k] for m in metrics] for k in EXTRA_CURVES}
+    return {**point, "curve": [m["unseen_accuracy"] for m in metrics], **extra,
+            "seconds": round(time.perf_counter() - began, 1)}
 
 
 def _key(point: dict) -> tuple:
@@ -114,6 +134,8 @@ def build_table(pool: str | Path, workers: int, gpu: bool, out: Path, epochs: in
         earlier = json.loads(out.read_text())
         if earlier["meta"]["epochs"] != epochs or earlier["meta"]["axes"] != AXES:
             raise SystemExit(f"{out} holds a table of other epochs or axes: give another --out")
+        if any(f"{k}_curve" not in r for r in earlier["rows"] for k in EXTRA_CURVES):
+            raise SystemExit(f"{out} holds curves without {', '.join(EXTRA_CURVES)}: give another --out")
         rows = earlier["rows"]
     pool = Path(pool).resolve()
     domains = Manifest.load(pool).domains  # a bad pool fails now, not in every one of 60 runs
@@ -149,6 +171,9 @@ def build_table(pool: str | Path, workers: int, gpu: bool, out: Path, epochs: in
 # ---------------------------------------------------------------- step 2: the replay
 
 STRATEGIES = ("grid", "random_asha", "tpe", "mixsearch")
+# Random sampling with this project's stopping rule (ASHA ranking by unseen_loss): with it, the
+# figures tell how much of the saving is the stopping rule and how much the searcher.
+REFERENCES = ("random_asha_loss",)
 # Bounds, not strategies: random sampling and this project's searcher with a stopping rule that
 # knows the table (an oracle), to show how far any stopping rule deciding at that epoch could go.
 BOUNDS = ("random_oracle", "mixsearch_oracle")
@@ -156,11 +181,22 @@ TRIALS_PER_TABLE_POINT = 4
 
 
 def lookup(config: dict, curves: dict) -> None:
-    """A Tune trainable that reports a configuration's recorded curve, epoch by epoch."""
+    """A Tune trainable that reports a configuration's recorded curves (``unseen_accuracy`` and
+    ``unseen_loss``), epoch by epoch."""
     from ray import tune
 
-    for epoch, value in enumerate(curves[_key(config)], 1):
-        tune.report({"unseen_accuracy": value, "epoch": epoch})
+    recorded = curves[_key(config)]
+    for epoch, values in enumerate(zip(*recorded.values()), 1):
+        tune.report({**dict(zip(recorded, values)), "epoch": epoch})
+
+
+def table_curves(rows: list[dict]) -> dict:
+    """Each configuration's key -> {metric: per-epoch curve}, of the metrics the replay reports."""
+    return {_key(r): {"unseen_accuracy": r["curve"], "unseen_loss": r["unseen_loss_curve"]} for r in rows}
+
+
+def final(curve: dict) -> float:
+    return curve["unseen_accuracy"][-1]
 
 
 class Reached(Stopper):
@@ -191,7 +227,7 @@ def _oracle_stop(curves: dict, threshold: float, epoch: int):
 
     class OracleStop(FIFOScheduler):
         def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-            if result["epoch"] == epoch and curves[_key(trial.config)][-1] < threshold:
+            if result["epoch"] == epoch and final(curves[_key(trial.config)]) < threshold:
                 return TrialScheduler.STOP
             return TrialScheduler.CONTINUE
 
@@ -213,24 +249,28 @@ def _project_config(seed: int, num_samples: int):
 def replay(strategy: str, seed: int, curves: dict, threshold: float, tmp: Path, oracle_epoch: int | None = None) -> dict:
     """One search against the table through Tune: epochs until the first good result, and in all."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from search.driver import _search_algorithm
+    from search.driver import _search_algorithm, asha_scheduler
+
     from search.space import DefineByRun
 
     n = TRIALS_PER_TABLE_POINT * len(curves)  # room to sample with repeats; most runs stop far sooner
     cfg = _project_config(seed, n)
-    asha = ASHAScheduler(time_attr="training_iteration", metric="unseen_accuracy", mode="max", max_t=EPOCHS,
-                         grace_period=cfg.search.grace_period, reduction_factor=cfg.search.reduction_factor)
+    # ASHA as a Tune user sets it up, on the objective; the project's ranks by search.stop_by.
+    # Both are built by the driver's code, with the same rungs.
+    asha = asha_scheduler(_with_stop_by(cfg, "unseen_accuracy"))
     exp = tmp / f"{strategy}-{seed}"
     param_space = None
     if strategy == "grid":  # the grid a user writes, in its order; it runs to the end
         search_alg, scheduler, num = BasicVariantGenerator(max_concurrent=2), FIFOScheduler(), 1
         param_space = {k: tune.grid_search(v) for k, v in AXES.items()}
-    elif strategy in ("random_asha", "random_oracle"):
+    elif strategy in ("random_asha", "random_oracle", "random_asha_loss"):
         search_alg, scheduler, num = BasicVariantGenerator(max_concurrent=2, random_state=seed), asha, n
+        if strategy == "random_asha_loss":
+            scheduler = asha_scheduler(cfg)
         param_space = {k: tune.choice(v) for k, v in AXES.items()}
     elif strategy == "tpe":  # Ray's OptunaSearch as it comes, every trial trained to the end
         import optuna
@@ -242,7 +282,7 @@ def replay(strategy: str, seed: int, curves: dict, threshold: float, tmp: Path, 
     else:  # this project's searcher and scheduler, built by the driver's own code
         exp.mkdir(parents=True)
         search_alg, _, num = _search_algorithm(cfg, str(exp))
-        scheduler = asha
+        scheduler = asha_scheduler(cfg)
     if strategy.endswith("_oracle"):  # the same searcher; stopped where ASHA's first rung is
         scheduler = _oracle_stop(curves, threshold, oracle_epoch or cfg.search.grace_period)
     stopper = Reached(threshold, stop=strategy != "grid")
@@ -257,6 +297,18 @@ def replay(strategy: str, seed: int, curves: dict, threshold: float, tmp: Path, 
             "epochs": stopper.epochs, "trials": len(results)}
 
 
+def rank_correlations(curves: dict) -> dict[str, list[float]]:
+    """Per metric, the Spearman correlation of its value at each epoch with the final
+    ``unseen_accuracy`` over the table's configurations (for the loss, of its negation: lower is
+    better): how well a stopping rule that ranks by it at that epoch could rank them."""
+    from scipy.stats import spearmanr
+
+    finals = [final(c) for c in curves.values()]
+    sign = {"unseen_accuracy": 1, "unseen_loss": -1}
+    return {m: [float(spearmanr(finals, [sign[m] * c[m][e] for c in curves.values()])[0]) for e in range(EPOCHS)]
+            for m in sign}
+
+
 def replay_all(quick: bool, oracle_epoch: int | None = None) -> None:
     import logging
     import tempfile
@@ -267,18 +319,25 @@ def replay_all(quick: bool, oracle_epoch: int | None = None) -> None:
     table = json.loads(TABLE.read_text())
     if table["meta"]["epochs"] != EPOCHS or table["meta"]["axes"] != AXES:
         raise SystemExit(f"{TABLE} was built for other axes or epochs than this script's: rebuild it")
-    curves = {_key(r): r["curve"] for r in table["rows"]}
-    best = max(c[-1] for c in curves.values())
+    if any(f"{k}_curve" not in r for r in table["rows"] for k in EXTRA_CURVES):
+        raise SystemExit(f"{TABLE} has no loss curves (built before they were recorded): rebuild it")
+    curves = table_curves(table["rows"])
+    best = max(final(c) for c in curves.values())
     threshold = best - TOLERANCE
     seeds = list(range(3 if quick else 10))
     print(f"table: {len(curves)} curves of {EPOCHS} epochs, best final unseen_accuracy {best:.3f}; "
-          f"{sum(c[-1] >= threshold for c in curves.values())} configurations within {TOLERANCE}")
+          f"{sum(final(c) >= threshold for c in curves.values())} configurations within {TOLERANCE}")
+    ranking = rank_correlations(curves)
+    for metric, by_epoch in ranking.items():
+        print(f"{metric} at each epoch against the final unseen_accuracy (Spearman): "
+              + " ".join(f"{r:.2f}" for r in by_epoch))
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    runs: dict[str, list[dict]] = {s: [] for s in STRATEGIES + BOUNDS}
+    every = STRATEGIES + REFERENCES + BOUNDS
+    runs: dict[str, list[dict]] = {s: [] for s in every}
     began = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
-            for strategy in STRATEGIES + BOUNDS:
+            for strategy in every:
                 if strategy == "grid" and runs["grid"]:  # deterministic: one run stands for all seeds
                     runs["grid"].append(runs["grid"][0])
                     continue
@@ -288,7 +347,7 @@ def replay_all(quick: bool, oracle_epoch: int | None = None) -> None:
                       f"({r['trials']} trials{'' if r['found'] else ', never reached'})", flush=True)
     ray.shutdown()
     # A run that never got within the tolerance counts as infinitely costly (inf in the median).
-    median = {s: statistics.median(r["epochs_to_hit"] for r in runs[s]) for s in STRATEGIES + BOUNDS}
+    median = {s: statistics.median(r["epochs_to_hit"] for r in runs[s]) for s in every}
     grid_total = runs["grid"][0]["epochs"]
 
     def fin(x: float, digits: int = 3):  # JSON has no infinity: a median that never got there is null
@@ -304,10 +363,15 @@ def replay_all(quick: bool, oracle_epoch: int | None = None) -> None:
         "random_asha_epochs": fin(median["random_asha"]),
         "tpe_epochs": fin(median["tpe"]),
         "mixsearch_epochs": fin(median["mixsearch"]),
-        "found": {s: sum(r["found"] for r in runs[s]) for s in STRATEGIES + BOUNDS},
+        "random_asha_loss_epochs": fin(median["random_asha_loss"]),
+        "found": {s: sum(r["found"] for r in runs[s]) for s in every},
         "ratio_vs_grid": fin(median["mixsearch"] / grid_total),
         "ratio_vs_random_asha": ratio(median["mixsearch"], median["random_asha"]),
         "ratio_vs_tpe": ratio(median["mixsearch"], median["tpe"]),
+        "ratio_vs_random_asha_loss": ratio(median["mixsearch"], median["random_asha_loss"]),
+        # How well each figure at ASHA's first rung ranks the final accuracy.
+        "first_rung_rank_correlation": {m: round(r[_project_config(0, 1).search.grace_period - 1], 3)
+                                        for m, r in ranking.items()},
         # What an oracle stopping rule at the first rung would give, with either sampler.
         "bound_random_oracle_epochs": fin(median["random_oracle"]),
         "bound_mixsearch_oracle_epochs": fin(median["mixsearch_oracle"]),
@@ -316,6 +380,76 @@ def replay_all(quick: bool, oracle_epoch: int | None = None) -> None:
         "wall_s": round(time.time() - began),
     }
     print(json.dumps(out))
+
+
+def _with_stop_by(cfg, stop_by: str):
+    return cfg.model_copy(update={"search": cfg.search.model_copy(update={"stop_by": stop_by})})
+
+
+def default_size(seed: int, curves: dict, tmp: Path, stop_by: str, max_concurrent: int | None = None) -> dict:
+    """One search of the default search's size (``search.num_samples`` trials of
+    ``search/default.yaml``, as many at a time unless ``max_concurrent``) on the table, through
+    Tune, with this project's searcher and ASHA ranking by ``stop_by``: the best final value among
+    trials run to the end."""
+    from ray import tune
+
+    from search.config import load_config
+    from search.driver import _search_algorithm, asha_scheduler
+
+    size = load_config().search
+    cfg = _project_config(seed, size.num_samples)
+    cfg = _with_stop_by(cfg.model_copy(update={"search": cfg.search.model_copy(
+        update={"max_concurrent": max_concurrent or size.max_concurrent})}), stop_by)
+    exp = tmp / f"{stop_by}-{seed}"
+    exp.mkdir(parents=True)
+    search_alg, _, num = _search_algorithm(cfg, str(exp))
+    results = tune.Tuner(
+        tune.with_parameters(lookup, curves=curves),
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=asha_scheduler(cfg), num_samples=num,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name=exp.name, storage_path=str(tmp / "tune"), verbose=0),
+    ).fit()
+    ended = [r.metrics["unseen_accuracy"] for r in results if r.metrics.get("epoch") == EPOCHS]
+    return {"best": max(ended, default=0.0), "epochs": sum(r.metrics.get("epoch", 0) for r in results)}
+
+
+def default_size_all(quick: bool) -> None:
+    """The default search's size, ASHA ranking by unseen_accuracy (a Tune user's choice) against
+    ranking by ``search.stop_by`` of ``search/default.yaml``, on the same seeds."""
+    import logging
+    import tempfile
+
+    import ray
+
+    from search.config import load_config
+
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    curves = table_curves(json.loads(TABLE.read_text())["rows"])
+    good = max(final(c) for c in curves.values()) - TOLERANCE
+    project = load_config().search.stop_by
+    seeds = range(10 if quick else 40)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    began = time.time()
+    runs: dict[str, list[dict]] = {"unseen_accuracy": [], project: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            for stop_by in runs:
+                runs[stop_by].append(default_size(seed, curves, Path(tmp), stop_by))
+            print(f"seed {seed}: best " + ", ".join(f"{k} {v[-1]['best']:.3f}" for k, v in runs.items()), flush=True)
+    ray.shutdown()
+    figures = {k: {"mean_best": round(statistics.mean(r["best"] for r in v), 4),
+                   "worst_best": min(r["best"] for r in v),
+                   "within_tolerance": sum(r["best"] >= good for r in v),
+                   "mean_epochs": round(statistics.mean(r["epochs"] for r in v), 1)} for k, v in runs.items()}
+    base, ours = runs["unseen_accuracy"], runs[project]
+    print(json.dumps({
+        "seeds": len(seeds), "stop_by": project, "baseline": figures["unseen_accuracy"], "mixsearch": figures[project],
+        "better": sum(o["best"] > b["best"] for b, o in zip(base, ours)),
+        "worse": sum(o["best"] < b["best"] for b, o in zip(base, ours)),
+        "ratio": round(figures[project]["mean_best"] / figures["unseen_accuracy"]["mean_best"], 3),
+        "epochs_ratio": round(figures[project]["mean_epochs"] / figures["unseen_accuracy"]["mean_epochs"], 3),
+        "wall_s": round(time.time() - began),
+    }))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -327,12 +461,17 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--gpu", action="store_true")
     b.add_argument("--out", type=Path, default=TABLE)
     b.add_argument("--epochs", type=int, default=EPOCHS, help="length of each run's schedule")
+    d = sub.add_parser("default-size", help="searches of the default size: the best each finds, "
+                                            "ASHA ranking by unseen_accuracy or by search.stop_by")
+    d.add_argument("--quick", action="store_true", help="10 seeds instead of 40")
     ap.add_argument("--quick", action="store_true", help="3 seeds instead of 10")
     ap.add_argument("--oracle-epoch", type=int, default=None,
                     help="the epoch at which the bounds' oracle stops trials (default: ASHA's first rung)")
     args = ap.parse_args(argv)
     if args.cmd == "build-table":
         build_table(args.pool, args.workers, args.gpu, args.out, args.epochs)
+    elif args.cmd == "default-size":
+        default_size_all(args.quick)
     else:
         replay_all(args.quick, args.oracle_epoch)
 

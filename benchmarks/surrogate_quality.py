@@ -4,8 +4,8 @@ Two measurements:
 
 1. ``table`` (the default): on the committed curves of ``search_efficiency_table.json`` (60
    configurations, 8 epochs), each seed takes 12 configurations in random order (the default
-   search's size) and cuts their curves where ASHA's rule would have stopped them (grace period and
-   reduction factor of ``search/default.yaml``), then fits the surrogate to what is left, as the
+   search's size) and cuts their curves where ASHA's rule would have stopped them (grace period,
+   reduction factor and ``stop_by`` of ``search/default.yaml``), then fits the surrogate to what is left, as the
    driver does after a search. It compares the cross-validated rank correlation the summary
    would report with the true one: the Spearman correlation between the fit's predicted final
    values of all 60 configurations and their final values in the table. Medians and quartiles
@@ -42,11 +42,14 @@ TABLE = Path(__file__).with_name("search_efficiency_table.json")
 TRIALS = 12
 
 
-def asha_cut(curves: list[list[float]], grace: int, rf: int) -> list[list[float]]:
+def asha_cut(curves: list[list[float]], grace: int, rf: int,
+             ranked_by: list[list[float]] | None = None) -> list[list[float]]:
     """Each curve cut where asynchronous successive halving, seeing them in order, stops it:
-    at each rung (grace x rf^k) a trial goes on only if it is in the top 1/rf of that rung so far."""
+    at each rung (grace x rf^k) a trial goes on only if it is in the top 1/rf of that rung so far,
+    ranked by ``ranked_by`` (per curve and epoch, higher is better; the curves themselves if None)."""
     import numpy as np
 
+    ranked_by = ranked_by or curves
     epochs = len(curves[0])
     rungs, r = [], int(grace)
     while r < epochs:
@@ -54,16 +57,21 @@ def asha_cut(curves: list[list[float]], grace: int, rf: int) -> list[list[float]
         r = int(r * rf)
     seen: dict[int, list[float]] = {r: [] for r in rungs}
     out = []
-    for c in curves:
+    for c, k in zip(curves, ranked_by):
         stop = epochs
         for r in rungs:
-            seen[r].append(c[r - 1])
+            seen[r].append(k[r - 1])
             # Ray's ASHA: the cutoff is the (1 - 1/rf) quantile of the rung's results so far.
-            if len(seen[r]) > 1 and c[r - 1] < np.percentile(seen[r], (1 - 1 / rf) * 100):
+            if len(seen[r]) > 1 and k[r - 1] < np.percentile(seen[r], (1 - 1 / rf) * 100):
                 stop = r
                 break
         out.append(c[:stop])
     return out
+
+
+def ranking(row: dict, stop_by: str) -> list[float]:
+    """What the search's ASHA ranks a table row by at each epoch, higher better (``search.stop_by``)."""
+    return [-x for x in row["unseen_loss_curve"]] if stop_by == "unseen_loss" else row["curve"]
 
 
 def table(seeds: int) -> dict:
@@ -81,7 +89,8 @@ def table(seeds: int) -> dict:
     reported, true = [], []
     for seed in range(seeds):
         picked = random.Random(seed).sample(range(len(rows)), TRIALS)
-        cut = asha_cut([rows[i]["curve"] for i in picked], cfg.search.grace_period, cfg.search.reduction_factor)
+        cut = asha_cut([rows[i]["curve"] for i in picked], cfg.search.grace_period, cfg.search.reduction_factor,
+                       [ranking(rows[i], cfg.search.stop_by) for i in picked])
         curves = [Curve(str(i), configs[i], list(enumerate(c, 1))) for i, c in zip(picked, cut)]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

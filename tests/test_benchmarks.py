@@ -38,6 +38,17 @@ def test_build_table_refuses_to_continue_a_table_of_other_epochs(tmp_path):
     assert out.read_text() == before
 
 
+def test_build_table_refuses_to_continue_a_table_without_loss_curves(tmp_path):
+    # Rows of a table built before the loss was recorded cannot sit beside rows that have it.
+    out = tmp_path / "table.json"
+    row = {"weights": se.AXES["weights"][0], "num_instructions": 8, "learning_rate": 0.0015, "curve": [0.1] * se.EPOCHS}
+    out.write_text(json.dumps({"meta": {"epochs": se.EPOCHS, "axes": se.AXES}, "rows": [row]}))
+    before = out.read_text()
+    with pytest.raises(SystemExit, match="without unseen_loss"):
+        se.build_table(tmp_path / "pool", workers=1, gpu=False, out=out)
+    assert out.read_text() == before
+
+
 def test_build_table_checks_the_pool_before_training(tmp_path):
     out = tmp_path / "table.json"
     with pytest.raises(PoolError, match="not a prepared pool"):
@@ -54,7 +65,8 @@ def small_table(monkeypatch):
     curves = {}
     for w, n, lr in itertools.product(range(2), axes["num_instructions"], axes["learning_rate"]):
         rising = (w, n, lr) == good
-        curves[(w, n, lr)] = [BAD_FINAL * e / se.EPOCHS for e in range(1, se.EPOCHS)] + [GOOD_FINAL if rising else BAD_FINAL]
+        accuracy = [BAD_FINAL * e / se.EPOCHS for e in range(1, se.EPOCHS)] + [GOOD_FINAL if rising else BAD_FINAL]
+        curves[(w, n, lr)] = {"unseen_accuracy": accuracy, "unseen_loss": [1 - a for a in accuracy]}
     return curves
 
 
@@ -78,6 +90,28 @@ def test_mixsearch_replay_trains_no_configuration_twice(ray_cluster, small_table
     r = se.replay("mixsearch", 0, small_table, GOOD_FINAL - se.TOLERANCE, tmp_path)
     assert r["found"]
     assert r["epochs_to_hit"] <= 4 * se.EPOCHS  # each of the 4 configurations at most once
+
+
+def test_default_size_counts_the_best_of_trials_run_to_the_end(ray_cluster, small_table, tmp_path):
+    # The good configuration's loss is the worst until its last epoch: ASHA ranking by the loss
+    # stops it at epoch 2 when it comes after another, ranking by accuracy (all tied) does not.
+    good = next(k for k, c in small_table.items() if se.final(c) == GOOD_FINAL)
+    small_table[good]["unseen_loss"] = [2.0] * (se.EPOCHS - 1) + [0.0]
+    # One at a time, so that seed 0's TPE, which tries it second, finds the rung's first result there.
+    by_accuracy = se.default_size(0, small_table, tmp_path, "unseen_accuracy", max_concurrent=1)
+    assert by_accuracy == {"best": GOOD_FINAL, "epochs": 12 * se.EPOCHS}  # ties go on: nothing stopped
+    by_loss = se.default_size(0, small_table, tmp_path, "unseen_loss", max_concurrent=1)
+    assert by_loss["best"] == BAD_FINAL and by_loss["epochs"] < 12 * se.EPOCHS
+
+
+def test_rank_correlations_count_a_lower_loss_as_better():
+    # Three configurations: at epoch 1 accuracy ranks them backwards and the loss right.
+    finals = [0.2, 0.5, 0.9]
+    curves = {i: {"unseen_accuracy": [0.1 - 0.01 * i] + [f] * (se.EPOCHS - 1),
+                  "unseen_loss": [1.0 - 0.1 * i] + [1 - f] * (se.EPOCHS - 1)} for i, f in enumerate(finals)}
+    r = se.rank_correlations(curves)
+    assert r["unseen_accuracy"][0] == pytest.approx(-1) and r["unseen_loss"][0] == pytest.approx(1)
+    assert r["unseen_accuracy"][-1] == pytest.approx(1) and r["unseen_loss"][-1] == pytest.approx(1)
 
 
 def test_surrogate_quality_cuts_curves_where_asha_stops_them():
