@@ -226,14 +226,22 @@ def test_a_time_limit_that_is_not_a_duration_names_its_key_or_flag(tmp_path, cap
     assert not ray.is_initialized()
 
 
-def test_a_time_limit_for_an_experiment_started_before_time_limits_is_refused_not_ignored(tmp_path, capsys):
-    # Tune restores an experiment with the stopper it started with; before time limits it had none.
+def unfinished_experiment(tmp_path, drop: str | None = None):
+    """A config, and an unfinished experiment of it under tmp_path whose saved config lacks the
+    search key ``drop``, as one saved by a mixsearch before that key; and that saved config."""
     path = write_config(tmp_path)
     exp = tmp_path / "results" / "t"
     exp.mkdir(parents=True)
-    (exp / "tuner.pkl").write_bytes(b"")  # an unfinished experiment
+    (exp / "tuner.pkl").write_bytes(b"")
     saved = load_config(path).model_dump(mode="json")
+    saved["search"].pop(drop, None)
     (exp / "config.yaml").write_text(yaml.safe_dump(saved))
+    return path, exp, saved
+
+
+def test_a_time_limit_for_an_experiment_started_before_time_limits_is_refused_not_ignored(tmp_path, capsys):
+    # Tune restores an experiment with the stopper it started with; before time limits it had none.
+    path, exp, saved = unfinished_experiment(tmp_path)
     resume = ["run", str(path), "--resume", "--time-limit", "1h", "--dry-run"]
     assert main(resume) == 0 and "time limit: 1 h;" in capsys.readouterr().out
     del saved["search"]["time_limit"]
@@ -249,13 +257,7 @@ def test_a_time_limit_for_an_experiment_started_before_time_limits_is_refused_no
 def test_an_experiment_started_before_stop_by_resumes_as_it_ran(tmp_path, capsys):
     # Experiments saved before search.stop_by ranked by accuracy, and Tune restores their scheduler
     # so: a resume is not refused for the key, and says what it ranks by.
-    path = write_config(tmp_path)
-    exp = tmp_path / "results" / "t"
-    exp.mkdir(parents=True)
-    (exp / "tuner.pkl").write_bytes(b"")  # an unfinished experiment
-    saved = load_config(path).model_dump(mode="json")
-    del saved["search"]["stop_by"]
-    (exp / "config.yaml").write_text(yaml.safe_dump(saved))
+    path, exp, saved = unfinished_experiment(tmp_path, drop="stop_by")
     assert main(["run", str(path), "--resume", "--dry-run"]) == 0
     assert "ranking trials by unseen_accuracy" in capsys.readouterr().out
     saved["search"]["stop_by"] = "unseen_accuracy"  # one that saved it is held to it
