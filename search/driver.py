@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -827,6 +828,10 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
             init_ray(cfg)
             # After ray.init, which sets a handler of its own that exits mid-step without a word.
             on_exit.enter_context(stopping.sigterm_as_ctrl_c())
+            # A trial stopped for a NaN loss reports its unseen_loss as NaN; numpy warns when every
+            # result at an ASHA rung is NaN (there is no cutoff yet, and the next trial goes on).
+            on_exit.enter_context(warnings.catch_warnings())
+            warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
             _check_resources(cfg)
             pool = prepare(cfg)
             started_as = cfg
