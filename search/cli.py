@@ -141,11 +141,17 @@ def _main(argv: list[str] | None) -> int:
         if args.verb == "prepare":
             cfg = load_config(args.config)
             from search.driver import check_inputs, init_ray
-            from search.pool import Manifest, prepare
+            from search.pool import Manifest, PoolError, check_unread, pool_path, prepare
 
             check_inputs(cfg, args.config or str(DEFAULT_CONFIG), run=False)  # before Ray
-            init_ray(cfg)
-            pool = prepare(cfg, force=args.force)
+            try:
+                if args.force and pool_path(cfg).exists():
+                    check_unread(pool_path(cfg))  # before Ray too
+                init_ray(cfg)
+                pool = prepare(cfg, force=args.force)
+            except PoolError as e:  # a search reads the pool; one of another spec is in its place
+                print(f"error: {e}", file=sys.stderr)
+                return 2
             m = Manifest.load(pool)
             print(f"pool: {pool}")
             for split in ("train", "unseen"):

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import socket
 import threading
 import time
 import warnings
@@ -27,6 +26,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import yaml
 
+from search import liveness
 from search.config import (
     CHAT_PROMPT, Config, ConfigError, check_space_against_pool, duration_text, is_uri, key_location, resolve,
     setting_location, storage_root, trial_setup, with_pool_domains,
@@ -41,7 +41,6 @@ METRIC = "unseen_accuracy"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"  # the config an experiment started with, saved beside it
 RUNS = "runs.json"  # seconds of each run (the first, then each --resume) and the driver running it
-STALE_SECONDS = 30.0  # a driver that has not updated runs.json for this long is gone (it does every 10 s)
 # What a resume may change: where the experiment and the cluster are, and how long it may run (the
 # driver, not Tune, keeps the deadline). Tune resumes everything else as it started, so a change
 # there would be silently ignored.
@@ -463,30 +462,15 @@ def read_runs(fs: pafs.FileSystem, path: str) -> tuple[list[float], dict | None]
         return [], None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def live_driver(driver: dict | None) -> bool:
-    """Whether the driver a ``runs.json`` names still runs its experiment. A running driver updates
-    the file every 10 s; one on this machine is known dead by its pid, one elsewhere once it has
-    been silent for ``STALE_SECONDS``."""
-    if not driver or time.time() - float(driver.get("at", 0)) >= STALE_SECONDS:
-        return False
-    if driver.get("host") != socket.gethostname():
-        return True
-    return driver.get("pid") != os.getpid() and _alive(int(driver["pid"]))
+    """Whether the driver a ``runs.json`` names still runs its experiment (``liveness.live``: it
+    updates the file every 10 s)."""
+    return liveness.live(driver)
 
 
 def driver_text(driver: dict) -> str:
     """``process 123 on host, last seen 4 s ago``."""
-    return f"process {driver.get('pid')} on {driver.get('host')}, last seen {time.time() - float(driver['at']):.0f} s ago"
+    return liveness.seen_text(driver)
 
 
 def _running_driver(fs: pafs.FileSystem, exp: str) -> dict | None:
@@ -500,11 +484,9 @@ def check_not_running(fs: pafs.FileSystem, exp: str, shown: str) -> None:
     drivers on one experiment would both run its trials and overwrite each other's state."""
     driver = _running_driver(fs, exp)
     if driver:
-        elsewhere = driver.get("host") != socket.gethostname()
-        wait = STALE_SECONDS - (time.time() - float(driver["at"]))
         raise ConfigError(
             f"{shown}: a driver is still running this experiment ({driver_text(driver)}); let it "
-            "finish or stop it (Ctrl-C) before --resume" + (f", or if it is gone, retry in {wait:.0f} s" if elsewhere else "")
+            "finish or stop it (Ctrl-C) before --resume" + liveness.retry_text(driver)
         )
 
 
@@ -560,7 +542,7 @@ class RunClock:
     def _write(self, running: bool = True) -> list[float]:
         now = time.time()
         runs = [*self.earlier, round(now - self._started, 1)]
-        driver = {"host": socket.gethostname(), "pid": os.getpid(), "at": now, "deadline": self.deadline} if running else None
+        driver = {**liveness.stamp(), "at": now, "deadline": self.deadline} if running else None
         _write_text(self._fs, self._path, json.dumps({"runs": runs, "driver": driver}))
         return runs
 
@@ -808,7 +790,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
     from ray import tune
 
     from search import stopping
-    from search.pool import prepare
+    from search.pool import prepare, reading
 
     fs, exp, shown, start, cfg = check_run(cfg, resume=resume, source=source)
     if start == "finished":
@@ -834,6 +816,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
             warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
             _check_resources(cfg)
             pool = prepare(cfg)
+            on_exit.enter_context(reading(pool, shown))  # so that prepare --force leaves it alone
             started_as = cfg
             cfg, _ = check_against_pool(cfg, pool, source)
         finally:  # also on an error: exiting mid-import (torch) would add a traceback to its one line

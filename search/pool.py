@@ -15,13 +15,17 @@ crashed prepare never leaves something a later run takes as a pool.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from search import corpus
+from search import corpus, liveness
 from search.config import Config, is_uri, resolve
 
 log = logging.getLogger(__name__)
@@ -219,13 +223,80 @@ def _content_hash(tables: dict[str, pa.Table]) -> str:
     return h.hexdigest()
 
 
+READERS = ".readers"  # in a pool: a record per search reading it (liveness), rewritten every 10 s
+
+
+@contextlib.contextmanager
+def reading(pool: Path, experiment: str, every: float = 10.0) -> Iterator[None]:
+    """Mark ``pool`` as read by this process's search of ``experiment`` while the block runs, so
+    that ``prepare(force=True)`` does not delete it under the search's trials. The record is
+    rewritten every ``every`` seconds (one not rewritten for ``liveness.STALE_SECONDS`` is of a
+    search that is gone) and removed at the end."""
+    mine = pool / READERS / f"{socket.gethostname()}-{os.getpid()}.json"
+
+    def write() -> None:
+        mine.parent.mkdir(exist_ok=True)
+        tmp = mine.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**liveness.stamp(), "experiment": experiment}))
+        os.replace(tmp, mine)
+
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(every):
+            try:
+                write()
+            except OSError as e:  # the next tick writes it
+                log.warning("could not mark pool %s as read: %s", pool, e)
+
+    try:
+        write()
+    except OSError as e:  # a pool on a read-only disk, say: nobody can rewrite it either
+        log.warning("could not mark pool %s as read (prepare --force will not know this search reads it): %s", pool, e)
+        yield
+        return
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        mine.unlink(missing_ok=True)
+
+
+def readers(pool: Path) -> list[dict]:
+    """The searches reading ``pool`` now (their records, ``reading``), live ones only."""
+    found = []
+    for path in sorted((pool / READERS).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):  # gone meanwhile, or caught mid-write on a shared disk
+            continue
+        if liveness.live(record):
+            found.append(record)
+    return found
+
+
+def check_unread(pool: Path) -> None:
+    """Refuse to replace a pool that a running search reads: its trials would fail mid-epoch."""
+    live = readers(pool)
+    if live:
+        who = "; ".join(f"{r.get('experiment')} ({liveness.seen_text(r)})" for r in live)
+        raise PoolError(f"{pool}: a running search reads this pool: {who}; let it finish or stop it before "
+                        f"rewriting the pool{liveness.retry_text(live[0])}")
+
+
 def prepare(cfg: Config, *, force: bool = False) -> Path:
     """Write the pool of this config with a Ray Data pipeline, or reuse a matching one.
 
-    Requires Ray to be initialised. Returns the pool directory.
+    Requires Ray to be initialised. Returns the pool directory. With ``force`` it rewrites an
+    existing pool, unless a running search reads it (``PoolError``, before any work).
     """
     final = pool_path(cfg)
     want = spec_hash(cfg)
+    if force and final.exists():
+        check_unread(final)
     if (final / MANIFEST).exists() and not force:
         manifest = Manifest.load(final)
         if manifest.spec_hash == want:
@@ -245,6 +316,7 @@ def prepare(cfg: Config, *, force: bool = False) -> Path:
             log.info("pool %s was written meanwhile by another prepare: reusing it", final)
             return final
         if final.exists():
+            check_unread(final)  # a search may have started on the old pool meanwhile
             shutil.rmtree(final)
         tmp.rename(final)
         log.info("prepared pool %s in %.1fs", final, time.time() - started)

@@ -92,3 +92,46 @@ def test_manifest_is_json_and_a_non_pool_is_refused(small_pool, tmp_path):
     assert set(raw) >= {"source", "params", "spec_hash", "content_hash", "train", "unseen"}
     with pytest.raises(PoolError, match="not a prepared pool"):
         Manifest.load(tmp_path)
+
+
+def test_a_pool_a_running_search_reads_is_not_rewritten_by_prepare_force(tmp_path, capsys):
+    # The record a search keeps in its pool, seen from another process as `mixsearch prepare --force` would.
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from search.cli import main
+    from search.pool import READERS, pool_path, reading, readers
+
+    path = write_config(tmp_path)
+    pool = pool_path(load_config(path))
+    pool.mkdir(parents=True)
+    (pool / MANIFEST).write_text("{}")
+    seen = [sys.executable, "-c", f"from search.pool import readers; print(len(readers(__import__('pathlib').Path({str(pool)!r}))))"]
+    with reading(pool, "results/t", every=0.1):
+        assert subprocess.run(seen, capture_output=True, text=True, check=True).stdout.strip() == "1"
+        assert readers(pool) == []  # a search does not count itself
+        time.sleep(0.3)  # rewritten meanwhile: still one record, this process's
+        assert [f.name for f in (pool / READERS).iterdir()] == [f"{socket.gethostname()}-{os.getpid()}.json"]
+    assert subprocess.run(seen, capture_output=True, text=True, check=True).stdout.strip() == "0"
+    assert not list((pool / READERS).iterdir())
+
+    # A live search of another process (a sleeping child stands for it) stops prepare --force.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = {"host": socket.gethostname(), "pid": other.pid, "at": time.time(), "experiment": "results/t"}
+        (pool / READERS / "other.json").write_text(json.dumps(record))
+        assert main(["prepare", str(path), "--force"]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {pool}: a running search reads this pool: results/t (process {other.pid} on " in err
+        assert "let it finish or stop it before rewriting the pool" in err
+        assert (pool / MANIFEST).read_text() == "{}"
+        # Not rewritten for 30 s, or of a process that is gone: not a reader.
+        (pool / READERS / "other.json").write_text(json.dumps({**record, "at": time.time() - 31}))
+        assert readers(pool) == []
+    finally:
+        other.kill()
+        other.wait()
+    (pool / READERS / "other.json").write_text(json.dumps(record))
+    assert readers(pool) == []

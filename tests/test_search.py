@@ -15,6 +15,7 @@ import yaml
 
 from search import stopping
 from search.cli import main
+from search.pool import readers
 from tests.conftest import merge, write_config
 
 
@@ -263,9 +264,16 @@ def test_a_killed_driver_resumes_and_finishes_the_experiment(tmp_path, moment):
     exp = tmp_path / "results" / "t"
     driver = start_driver(tmp_path, path)
     wait_for(lambda: MOMENTS[moment](tmp_path, exp), driver, tmp_path)
+    if moment != "preparing":  # its trials read the pool: prepare --force must not delete it under them
+        pool = next((tmp_path / "pools").iterdir())
+        assert [r["pid"] for r in readers(pool)] == [driver.pid]
+        assert main(["prepare", str(path), "--force"]) == 2 and not ray.is_initialized()
+        assert (pool / "manifest.json").exists()
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything in its session
     driver.wait()
     assert not (exp / "summary.json").exists()
+    if moment != "preparing":
+        assert readers(pool) == []  # its record is left behind, but its process is gone
 
     assert main(["run", str(path), "--resume"]) == 0
     summary = load(exp / "summary.json")
