@@ -254,7 +254,6 @@ def replay(strategy: str, seed: int, curves: dict, threshold: float, tmp: Path, 
     from ray.tune.search.optuna import OptunaSearch
 
     from search.driver import _search_algorithm, asha_scheduler
-
     from search.space import DefineByRun
 
     n = TRIALS_PER_TABLE_POINT * len(curves)  # room to sample with repeats; most runs stop far sooner
