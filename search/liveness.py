@@ -29,13 +29,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def live(record: dict | None, *, others_only: bool = True) -> bool:
-    """Whether the process of ``record`` still runs (with ``others_only``, this process never counts)."""
+def live(record: dict | None) -> bool:
+    """Whether the process of ``record``, other than this one, still runs."""
     if not record or time.time() - float(record.get("at", 0)) >= STALE_SECONDS:
         return False
     if record.get("host") != socket.gethostname():
         return True
-    if others_only and record.get("pid") == os.getpid():
+    if record.get("pid") == os.getpid():
         return False
     return _alive(int(record["pid"]))
 
