@@ -86,14 +86,35 @@ def terminated() -> bool:
 # at most 5 s to stop). A SIGTERM sent to the driver's whole process group (a batch scheduler
 # cancelling the job, `kill -- -PGID`) also ends the local cluster's own processes: then either
 # Ray ends the driver at once (status 1) or Tune waits a minute for them before Ray gives up;
-# schedulers send SIGKILL sooner (Slurm after 30 s).
-SIGTERM_GRACE_SECONDS = 10.0
+# schedulers send SIGKILL sooner (Slurm after 30 s). 20 s, not 10: on a loaded machine (the suite
+# beside other work) a run SIGTERM'd while preparing its pool once took longer than 10 s to unwind.
+SIGTERM_GRACE_SECONDS = 20.0
+
+
+def _main_thread_at() -> str:
+    """Where the main thread is: its innermost frame and, if elsewhere, the innermost of this
+    project's, e.g. "ray/_private/worker.py:950 in get, from search/pool.py:311 in prepare"."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    if frame is None:
+        return "unknown"
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def where(f) -> str:
+        path = f.f_code.co_filename
+        short = os.path.relpath(path, ours) if path.startswith(ours) else "/".join(path.split(os.sep)[-3:])
+        return f"{short}:{f.f_lineno} in {f.f_code.co_name}"
+
+    inner, f = where(frame), frame
+    while f is not None and not f.f_code.co_filename.startswith(ours):
+        f = f.f_back
+    return inner if f is None or f is frame else f"{inner}, from {where(f)}"
 
 
 def _exit_if_still_running(seconds: float) -> None:
     time.sleep(seconds)
+    # Where it was stuck: a hang after SIGTERM is otherwise hard to place (and to report).
     print(f"\nSIGTERM: the search did not end within {seconds:g} s (was its local Ray cluster stopped "
-          f"too?); exiting: {RESUME_ADVICE}", file=sys.stderr, flush=True)
+          f"too?); exiting: {RESUME_ADVICE} (it was at {_main_thread_at()})", file=sys.stderr, flush=True)
     sys.stdout.flush()  # os._exit skips it
     os._exit(143)  # the shell's code for a command ended by SIGTERM
 

@@ -369,6 +369,26 @@ def test_ctrl_c_or_sigterm_leaves_an_unsummarized_experiment_that_resume_finishe
     assert f"over 2 runs (--resume): {interrupted[0]:.0f}s, " in capsys.readouterr().out
 
 
+def test_a_driver_stuck_after_sigterm_says_where_it_was():
+    # The watchdog's last line names the main thread's frame: one such hang in a suite run under
+    # load left only "did not end within 10 s", and nothing to tell where it waited.
+    import threading
+
+    seen, done = {}, threading.Event()
+
+    def look() -> None:
+        time.sleep(0.2)
+        seen["at"] = stopping._main_thread_at()
+        done.set()
+
+    def waiting_in_here() -> None:
+        done.wait(10)
+
+    threading.Thread(target=look).start()
+    waiting_in_here()
+    assert re.fullmatch(r"\S*threading\.py:\d+ in wait, from tests/test_search\.py:\d+ in waiting_in_here", seen["at"]), seen
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("verb, how", [("run", "ctrl_c"), ("run", "sigterm"), ("prepare", "ctrl_c")])
 def test_stopped_while_preparing_the_pool_it_says_so_in_a_line_and_leaves_nothing_half_written(tmp_path, verb, how):
