@@ -79,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# What to do after a prepare is stopped: it writes the pool elsewhere and moves it into place when done.
+PREPARE_ADVICE = "nothing half-written is kept: run the same command again"
+
+
 def _overrides(args: argparse.Namespace) -> dict:
     return {"name": args.name, "storage_path": args.storage_path, "search.num_samples": args.num_samples,
             "search.start_from": args.start_from, "search.time_limit": args.time_limit}
@@ -90,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
     except KeyboardInterrupt:  # Ctrl-C in prepare, report or export: they write into place only when done
         print("\ninterrupted", file=sys.stderr)
-        return 130
+        stopping = sys.modules.get("search.stopping")  # loaded only by verbs that start Ray
+        return 143 if stopping and stopping.terminated() else 130  # the shell's codes for SIGTERM, SIGINT
     except BrokenPipeError:
         # The reader went away (`mixsearch report ... | head`): not an error worth a traceback.
         # Point stdout at devnull so the interpreter's final flush does not raise again.
@@ -148,7 +153,11 @@ def _main(argv: list[str] | None) -> int:
                 if args.force and pool_path(cfg).exists():
                     check_unread(pool_path(cfg))  # before Ray too
                 init_ray(cfg)
-                pool = prepare(cfg, force=args.force)
+                from search import stopping
+
+                # Ray's handler would exit at once with status 15, without a word.
+                with stopping.sigterm_as_ctrl_c("the pool's preparation", PREPARE_ADVICE):
+                    pool = prepare(cfg, force=args.force)
             except PoolError as e:  # a search reads the pool; one of another spec is in its place
                 print(f"error: {e}", file=sys.stderr)
                 return 2

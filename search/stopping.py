@@ -110,11 +110,16 @@ def _main_thread_at() -> str:
     return inner if f is None or f is frame else f"{inner}, from {where(f)}"
 
 
+# What the SIGTERM lines name: the work being ended and what to do next (set by sigterm_as_ctrl_c).
+_ending = ("the search", RESUME_ADVICE)
+
+
 def _exit_if_still_running(seconds: float) -> None:
     time.sleep(seconds)
+    what, advice = _ending
     # Where it was stuck: a hang after SIGTERM is otherwise hard to place (and to report).
-    print(f"\nSIGTERM: the search did not end within {seconds:g} s (was its local Ray cluster stopped "
-          f"too?); exiting: {RESUME_ADVICE} (it was at {_main_thread_at()})", file=sys.stderr, flush=True)
+    print(f"\nSIGTERM: {what} did not end within {seconds:g} s (was its local Ray cluster stopped "
+          f"too?); exiting: {advice} (it was at {_main_thread_at()})", file=sys.stderr, flush=True)
     sys.stdout.flush()  # os._exit skips it
     os._exit(143)  # the shell's code for a command ended by SIGTERM
 
@@ -124,7 +129,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         _state.terminated = True
         # Said now: when the local cluster got the signal too, Ray may end this process itself.
         # os.write: a print here could land inside one to the same stream (a reentrant call).
-        os.write(2, f"\nSIGTERM: ending the search as Ctrl-C does; {RESUME_ADVICE}\n".encode())
+        what, advice = _ending
+        os.write(2, f"\nSIGTERM: ending {what} as Ctrl-C does; {advice}\n".encode())
         threading.Thread(target=_exit_if_still_running, args=(SIGTERM_GRACE_SECONDS,), daemon=True).start()
     # Whatever Ctrl-C does now: inside Tuner.fit, Tune's handler ends the search after its step and
     # saves the experiment (a second signal skips that); outside, KeyboardInterrupt.
@@ -135,12 +141,15 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def sigterm_as_ctrl_c() -> Iterator[None]:
-    """Within this block a SIGTERM ends the run as Ctrl-C would. Enter it after ``ray.init``,
-    which sets its own handler; the one before is put back on leaving."""
+def sigterm_as_ctrl_c(what: str = "the search", advice: str = RESUME_ADVICE) -> Iterator[None]:
+    """Within this block a SIGTERM ends the run as Ctrl-C would, saying that it ends ``what``
+    and to ``advice``. Enter it after ``ray.init``, which sets its own handler; the one before is
+    put back on leaving."""
+    global _ending
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set one
         yield
         return
+    _ending = (what, advice)
     before = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         yield

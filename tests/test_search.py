@@ -14,7 +14,7 @@ import ray
 import yaml
 
 from search import stopping
-from search.cli import main
+from search.cli import PREPARE_ADVICE, main
 from search.pool import readers
 from tests.conftest import merge, write_config
 
@@ -390,16 +390,19 @@ def test_a_driver_stuck_after_sigterm_says_where_it_was():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("verb, how", [("run", "ctrl_c"), ("run", "sigterm"), ("prepare", "ctrl_c")])
+@pytest.mark.parametrize("verb, how", [("run", "ctrl_c"), ("run", "sigterm"), ("prepare", "ctrl_c"), ("prepare", "sigterm")])
 def test_stopped_while_preparing_the_pool_it_says_so_in_a_line_and_leaves_nothing_half_written(tmp_path, verb, how):
-    # run's line was empty (an exception with no message), SIGTERM exited 15 without one, and
-    # prepare printed Ray Data's traceback.
+    # run's line was empty (an exception with no message), SIGTERM exited 15 without one (prepare
+    # did so until 2026-12-03), and prepare printed Ray Data's traceback.
     path = write_config(tmp_path, KILLABLE)
     interrupt(tmp_path, path, tmp_path / "results" / "t", how=how, moment="preparing", verb=verb)
     log = (tmp_path / "driver.log").read_text()
     assert "Traceback" not in log, log[-3000:]
     said = "interrupted: run the same command with --resume to finish it" if verb == "run" else "interrupted"
     assert log.rstrip().endswith(said), log[-3000:]
+    if how == "sigterm":
+        what, advice = ("the search", stopping.RESUME_ADVICE) if verb == "run" else ("the pool's preparation", PREPARE_ADVICE)
+        assert f"SIGTERM: ending {what} as Ctrl-C does; {advice}" in log, log[-3000:]
     assert not list((tmp_path / "pools").iterdir())  # the pool being written is gone
 
 
