@@ -97,17 +97,29 @@ def _main_thread_at() -> str:
     frame = sys._current_frames().get(threading.main_thread().ident)
     if frame is None:
         return "unknown"
-    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
     def where(f) -> str:
         path = f.f_code.co_filename
-        short = os.path.relpath(path, ours) if path.startswith(ours) else "/".join(path.split(os.sep)[-3:])
+        if _is_ours(path):
+            short = os.path.relpath(path, _ROOT)
+        elif "site-packages" + os.sep in path:  # ray/util/placement_group.py
+            short = path.rsplit("site-packages" + os.sep, 1)[1]
+        else:
+            short = "/".join(path.split(os.sep)[-3:])
         return f"{short}:{f.f_lineno} in {f.f_code.co_name}"
 
-    inner, f = where(frame), frame
-    while f is not None and not f.f_code.co_filename.startswith(ours):
+    f = frame
+    while f is not None and not _is_ours(f.f_code.co_filename):
         f = f.f_back
-    return inner if f is None or f is frame else f"{inner}, from {where(f)}"
+    return where(frame) if f is None or f is frame else f"{where(frame)}, from {where(f)}"
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _is_ours(path: str) -> bool:
+    """Whether a source file is this project's (not a library's, even one in a .venv inside it)."""
+    return path.startswith(_ROOT + os.sep) and "site-packages" + os.sep not in path
 
 
 # What the SIGTERM lines name: the work being ended and what to do next (set by sigterm_as_ctrl_c).

@@ -387,6 +387,8 @@ def test_a_driver_stuck_after_sigterm_says_where_it_was():
     threading.Thread(target=look).start()
     waiting_in_here()
     assert re.fullmatch(r"\S*threading\.py:\d+ in wait, from tests/test_search\.py:\d+ in waiting_in_here", seen["at"]), seen
+    # A library in a virtual environment inside the clone (scripts/setup.sh's .venv) is not ours.
+    assert stopping._is_ours(__file__) and not stopping._is_ours(ray.__file__)
 
 
 @pytest.mark.slow
