@@ -87,13 +87,16 @@ def terminated() -> bool:
 # cancelling the job, `kill -- -PGID`) also ends the local cluster's own processes: then either
 # Ray ends the driver at once (status 1) or Tune waits a minute for them before Ray gives up;
 # schedulers send SIGKILL sooner (Slurm after 30 s). 20 s, not 10: on a loaded machine (the suite
-# beside other work) a run SIGTERM'd while preparing its pool once took longer than 10 s to unwind.
+# beside other work) a run SIGTERM'd while preparing its pool once took longer than 10 s to unwind;
+# such a run first waits for the trainable's import (torch, transformers), which takes 5 s on an
+# idle 2-core machine and 15 s beside four busy processes.
 SIGTERM_GRACE_SECONDS = 20.0
 
 
 def _main_thread_at() -> str:
     """Where the main thread is: its innermost frame and, if elsewhere, the innermost of this
-    project's, e.g. "ray/_private/worker.py:950 in get, from search/pool.py:311 in prepare"."""
+    project's, e.g. "ray/util/placement_group.py:237 in remove_placement_group, from
+    search/driver.py:867 in run_search" (a driver whose local cluster got the SIGTERM too)."""
     frame = sys._current_frames().get(threading.main_thread().ident)
     if frame is None:
         return "unknown"
