@@ -3,7 +3,7 @@ Figure (shown inline in a notebook; ``fig.savefig(path)`` elsewhere).
 
     from analysis.results import curves, progress, front
     from analysis import plots
-    plots.curves_figure(curves(exp))        # unseen accuracy by epoch, one line per trial
+    plots.curves_figure(curves(exp))        # unseen accuracy and loss by epoch, one line per trial
     plots.knobs_figure(progress(exp))       # last accuracy against each searched knob
     plots.front_figure(front(exp), "budget")
 """
@@ -22,22 +22,30 @@ from analysis.results import METRIC
 RESULTS = {"trial_id", "epochs", METRIC, "best_unseen_accuracy", "stopped"}
 
 
-def curves_figure(cv: pd.DataFrame) -> Figure:
-    """``unseen_accuracy`` by epoch, one line per trial; trials that stopped early end early.
-    The trial with the best last value is drawn on top, in black."""
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.add_subplot()
+def curves_figure(cv: pd.DataFrame, metrics: tuple[str, ...] = (METRIC, "unseen_loss")) -> Figure:
+    """Each of ``metrics`` the logs hold by epoch, a panel each, one line per trial; trials that
+    stopped early end early. The default pair shows what the search is judged by and what ASHA
+    ranks trials by (``search.stop_by``, the unseen loss by default; on a log scale): early on
+    the loss already ranks trials whose exact match is still near zero. The trial with the best
+    last ``unseen_accuracy`` is drawn on top, in black."""
+    shown = [m for m in metrics if m in cv and cv[m].notna().any()] or [METRIC]
+    fig = Figure(figsize=(6 * len(shown), 4), layout="constrained")
     by_trial = dict(tuple(cv.sort_values("epoch").groupby("trial_id", sort=True)))
     last = {trial: rows[METRIC].iloc[-1] for trial, rows in by_trial.items() if pd.notna(rows[METRIC].iloc[-1])}
     best = max(last, key=last.get) if last else None
-    for trial, rows in by_trial.items():
-        if trial != best:
-            ax.plot(rows["epoch"], rows[METRIC], marker=".", alpha=0.5, linewidth=1, label=trial)
-    if best is not None:  # drawn last, on top
-        rows = by_trial[best]
-        ax.plot(rows["epoch"], rows[METRIC], marker="o", color="black", linewidth=2, label=f"{best} (best)")
-    ax.set(xlabel="epoch", ylabel=METRIC, title=f"{cv['trial_id'].nunique()} trials")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    for i, metric in enumerate(shown, 1):
+        ax = fig.add_subplot(1, len(shown), i)
+        for trial, rows in by_trial.items():
+            if trial != best:
+                ax.plot(rows["epoch"], rows[metric], marker=".", alpha=0.5, linewidth=1, label=trial)
+        if best is not None:  # drawn last, on top
+            rows = by_trial[best]
+            ax.plot(rows["epoch"], rows[metric], marker="o", color="black", linewidth=2, label=f"{best} (best)")
+        ax.set(xlabel="epoch", ylabel=metric)
+        if metric.endswith("_loss"):
+            ax.set_yscale("log")  # from about 2 to 0.01: on a linear scale the late epochs are flat
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(f"{cv['trial_id'].nunique()} trials")
     return fig
 
 

@@ -135,6 +135,13 @@ def test_progress_and_plots_hold_every_trials_results(experiment, tmp_path):
         assert list(ln.get_ydata()) == values and list(ln.get_xdata()) == list(range(1, len(values) + 1))
     best = max(epochs, key=lambda t: epochs[t][-1])
     assert [ln.get_label() for ln in lines if ln.get_color() == "black"] == [f"{best} (best)"]
+    # Beside it, what ASHA ranks trials by: each trial's unseen loss, by epoch, on a log scale.
+    loss = plots.curves_figure(cv).axes[1]
+    assert loss.get_ylabel() == "unseen_loss" and loss.get_yscale() == "log"
+    logged = {t: list(rows.sort_values("epoch")["unseen_loss"]) for t, rows in cv.groupby("trial_id")}
+    assert {ln.get_label().split()[0]: list(ln.get_ydata()) for ln in loss.get_lines()} == logged
+    assert [ln.get_label() for ln in loss.get_lines() if ln.get_color() == "black"] == [f"{best} (best)"]
+    assert len(plots.curves_figure(cv.drop(columns="unseen_loss")).axes) == 1  # logs written before it
 
     knobs = plots.searched_knobs(prog)
     assert "num_instructions" in knobs and "learning_rate" in knobs and "budget" not in knobs  # budget is fixed
