@@ -296,6 +296,23 @@ def replay(strategy: str, seed: int, curves: dict, threshold: float, tmp: Path, 
             "epochs": stopper.epochs, "trials": len(results)}
 
 
+def _start_quietly() -> None:
+    """A local 2-CPU cluster whose Tune and Optuna messages (each experiment's settings, paths and
+    saves, each study's creation, the metrics of trials the stopper ended before they reported)
+    stay out of the benchmark's output. Ray's logger level is set after ray.init, which sets it."""
+    import logging
+
+    import optuna
+    import ray
+
+    # Tune's newer console output prints each experiment's settings and paths even at verbose=0:
+    # hundreds of lines around the benchmark's own; the older one is silent at 0.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line for each of the replay's studies
+
+
 def rank_correlations(curves: dict) -> dict[str, list[float]]:
     """Per metric, the Spearman correlation of its value at each epoch with the final
     ``unseen_accuracy`` over the table's configurations (for the loss, of its negation: lower is
@@ -309,12 +326,10 @@ def rank_correlations(curves: dict) -> dict[str, list[float]]:
 
 
 def replay_all(quick: bool, oracle_epoch: int | None = None) -> None:
-    import logging
     import tempfile
 
     import ray
 
-    logging.getLogger("ray").setLevel(logging.ERROR)
     table = json.loads(TABLE.read_text())
     if table["meta"]["epochs"] != EPOCHS or table["meta"]["axes"] != AXES:
         raise SystemExit(f"{TABLE} was built for other axes or epochs than this script's: rebuild it")
@@ -330,7 +345,7 @@ def replay_all(quick: bool, oracle_epoch: int | None = None) -> None:
     for metric, by_epoch in ranking.items():
         print(f"{metric} at each epoch against the final unseen_accuracy (Spearman): "
               + " ".join(f"{r:.2f}" for r in by_epoch))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    _start_quietly()
     every = STRATEGIES + REFERENCES + BOUNDS
     runs: dict[str, list[dict]] = {s: [] for s in every}
     began = time.time()
@@ -415,19 +430,17 @@ def default_size(seed: int, curves: dict, tmp: Path, stop_by: str, max_concurren
 def default_size_all(quick: bool) -> None:
     """The default search's size, ASHA ranking by unseen_accuracy (a Tune user's choice) against
     ranking by ``search.stop_by`` of ``search/default.yaml``, on the same seeds."""
-    import logging
     import tempfile
 
     import ray
 
     from search.config import load_config
 
-    logging.getLogger("ray").setLevel(logging.ERROR)
     curves = table_curves(json.loads(TABLE.read_text())["rows"])
     good = max(final(c) for c in curves.values()) - TOLERANCE
     project = load_config().search.stop_by
     seeds = range(10 if quick else 40)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    _start_quietly()
     began = time.time()
     runs: dict[str, list[dict]] = {"unseen_accuracy": [], project: []}
     with tempfile.TemporaryDirectory() as tmp:
