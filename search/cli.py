@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C in prepare, report or export: they write into place only when done
         print("\ninterrupted", file=sys.stderr)
         stopping = sys.modules.get("search.stopping")  # loaded only by verbs that start Ray
-        return 143 if stopping and stopping.terminated() else 130  # the shell's codes for SIGTERM, SIGINT
+        return stopping.exit_status() if stopping else 130  # the shell's code for SIGINT (Ctrl-C)
     except BrokenPipeError:
         # The reader went away (`mixsearch report ... | head`): not an error worth a traceback.
         # Point stdout at devnull so the interpreter's final flush does not raise again.
@@ -156,7 +156,7 @@ def _main(argv: list[str] | None) -> int:
                 from search import stopping
 
                 # Ray's handler would exit at once with status 15, without a word.
-                with stopping.sigterm_as_ctrl_c("the pool's preparation", PREPARE_ADVICE):
+                with stopping.signals_as_ctrl_c("the pool's preparation", PREPARE_ADVICE):
                     pool = prepare(cfg, force=args.force)
             except PoolError as e:  # a search reads the pool; one of another spec is in its place
                 print(f"error: {e}", file=sys.stderr)
@@ -191,7 +191,7 @@ def _main(argv: list[str] | None) -> int:
             from search import stopping
 
             print(f"\n{str(e) or f'interrupted: {stopping.RESUME_ADVICE}'}", file=sys.stderr)
-            return 143 if stopping.terminated() else 130  # the shell's codes for SIGTERM, SIGINT
+            return stopping.exit_status()  # the shell's: 130 after Ctrl-C, 143 SIGTERM, 129 SIGHUP
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import threading
 import time
 import warnings
@@ -130,7 +131,10 @@ def init_ray(cfg: Config) -> None:
     else:
         # address="local": always a new cluster of our own. Without it ray.init() joins any
         # cluster already running on this machine (`ray start`, another tool's), sized for it.
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+        from search.stopping import cluster_ignores_hangup
+
+        with cluster_ignores_hangup():  # so that a closed terminal leaves Tune a cluster to stop on
+            ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False)
 
 
 def check_model_source(cfg: Config, source: str) -> None:
@@ -780,6 +784,14 @@ def _deadline(cfg: Config, started: float, earlier: list[float], source: str) ->
     return started + left
 
 
+def _driver_log(cfg: Config, exp: str, shown: str) -> str:
+    """Where the driver's output goes once its terminal hangs up: beside the experiment's
+    results, or for results in an object store, a local file named after the experiment."""
+    if not is_uri(shown):
+        return f"{exp}/driver.log"
+    return os.path.join(tempfile.gettempdir(), f"mixsearch-{cfg.name}-{os.getpid()}.log")
+
+
 def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> Summary:
     """Run (or, with resume, finish) the experiment of this config; return its summary (with
     resume, a finished experiment's as it was written: nothing runs and nothing is rewritten).
@@ -809,7 +821,7 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
         try:
             init_ray(cfg)
             # After ray.init, which sets a handler of its own that exits mid-step without a word.
-            on_exit.enter_context(stopping.sigterm_as_ctrl_c())
+            on_exit.enter_context(stopping.signals_as_ctrl_c(log_path=_driver_log(cfg, exp, shown)))
             # A trial stopped for a NaN loss reports its unseen_loss as NaN; numpy warns when every
             # result at an ASHA rung is NaN (there is no cutoff yet, and the next trial goes on).
             on_exit.enter_context(warnings.catch_warnings())

@@ -14,14 +14,21 @@ those it started with, so the state is kept here, per driver process, and set by
 each run (``arm``): a resume uses its own config's limit and the time already spent.
 
 SIGTERM (``kill``, ``ray job stop``, a batch scheduler's notice before it kills a job) ends the
-search as Ctrl-C does (``sigterm_as_ctrl_c``): Tune saves the experiment and the driver says how to
+search as Ctrl-C does (``signals_as_ctrl_c``): Tune saves the experiment and the driver says how to
 resume. Ray's own handler (set by ``ray.init``) exits at once, mid-step, without a word.
+
+So does SIGHUP, a closed terminal or a dropped SSH session, which the shell sends to the driver's
+whole process group: the local cluster's processes ignore it (``cluster_ignores_hangup``, around
+``ray.init``), so that they outlive it and Tune can stop its trials and save; before, every process
+died at once, without a word. The terminal is gone, so what the driver prints from then on goes to
+a file (``driver.log`` in the experiment). Under ``nohup`` the hangup stays ignored: the search runs on.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -41,7 +48,8 @@ class _State:
     unfinished: frozenset[str] | None = None  # at the end of Tune's last step; None: it took none
     cut: frozenset[str] | None = None  # unfinished when time ran out; None: it did not
     searcher: Any = None  # told how the trials the deadline ends stand (``watch``)
-    terminated: bool = False  # a SIGTERM arrived (``sigterm_as_ctrl_c``)
+    ended_by: int | None = None  # the signal (SIGTERM, SIGHUP) that ended it (``signals_as_ctrl_c``)
+    detached: bool = False  # output moved off the terminal after a SIGHUP
 
 
 _state = _State()
@@ -77,13 +85,14 @@ def cut() -> frozenset[str] | None:
 RESUME_ADVICE = "run the same command with --resume to finish it"
 
 
-def terminated() -> bool:
-    """Whether this run was ended by a SIGTERM (the command then exits 143, not Ctrl-C's 130)."""
-    return _state.terminated
+def exit_status() -> int:
+    """The shell's status for how this run was interrupted: 128 + the signal, 130 for Ctrl-C
+    (SIGINT), 143 for SIGTERM, 129 for SIGHUP."""
+    return 128 + (_state.ended_by or signal.SIGINT)
 
 
-# How long a SIGTERM'd driver may take to stop (Tune saves within a second and gives its trials
-# at most 5 s to stop). A SIGTERM sent to the driver's whole process group (a batch scheduler
+# How long a driver ended by a signal may take to stop (Tune saves within a second and gives its
+# trials at most 5 s to stop). A SIGTERM sent to the driver's whole process group (a batch scheduler
 # cancelling the job, `kill -- -PGID`) also ends the local cluster's own processes: then either
 # Ray ends the driver at once (status 1) or Tune waits a minute for them before Ray gives up;
 # schedulers send SIGKILL sooner (Slurm after 30 s). 20 s, not 10: on a loaded machine (the suite
@@ -125,27 +134,54 @@ def _is_ours(path: str) -> bool:
     return path.startswith(_ROOT + os.sep) and "site-packages" + os.sep not in path
 
 
-# What the SIGTERM lines name: the work being ended and what to do next (set by sigterm_as_ctrl_c).
-_ending = ("the search", RESUME_ADVICE)
+# What the signal lines name: the work being ended, what to do next, and where the output goes
+# after a hangup (set by signals_as_ctrl_c).
+_ending = ("the search", RESUME_ADVICE, os.devnull)
 
 
 def _exit_if_still_running(seconds: float) -> None:
     time.sleep(seconds)
-    what, advice = _ending
+    what, advice, _ = _ending
     # Where it was stuck: a hang after SIGTERM is otherwise hard to place (and to report).
-    print(f"\nSIGTERM: {what} did not end within {seconds:g} s (was its local Ray cluster stopped "
-          f"too?); exiting: {advice} (it was at {_main_thread_at()})", file=sys.stderr, flush=True)
+    print(f"\n{signal.Signals(_state.ended_by).name}: {what} did not end within {seconds:g} s (was its "
+          f"local Ray cluster stopped too?); exiting: {advice} (it was at {_main_thread_at()})",
+          file=sys.stderr, flush=True)
     sys.stdout.flush()  # os._exit skips it
-    os._exit(143)  # the shell's code for a command ended by SIGTERM
+    os._exit(exit_status())
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    if not _state.terminated:
-        _state.terminated = True
+def _away_from_the_terminal(path: str) -> None:
+    """Point stdout and stderr, unless they are files already, at ``path``: after a hangup a
+    write to the terminal fails (EIO), and Tune's next line would raise mid-save."""
+    fd = None
+    for std in (1, 2):
+        try:
+            if stat.S_ISREG(os.fstat(std).st_mode):  # `> log`: it outlives the terminal
+                continue
+        except OSError:
+            pass
+        if fd is None:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:  # the terminal may still be there (`kill -HUP`): say where the rest goes
+                os.write(2, f"\nSIGHUP: what follows is in {path}\n".encode())
+            except OSError:
+                pass
+        os.dup2(fd, std)
+    if fd is not None:
+        os.close(fd)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    what, advice, log_path = _ending
+    if signum == signal.SIGHUP and not _state.detached:  # (a second SIGHUP finds it done)
+        _state.detached = True
+        _away_from_the_terminal(log_path)
+    if _state.ended_by is None:
+        _state.ended_by = signum
         # Said now: when the local cluster got the signal too, Ray may end this process itself.
         # os.write: a print here could land inside one to the same stream (a reentrant call).
-        what, advice = _ending
-        os.write(2, f"\nSIGTERM: ending {what} as Ctrl-C does; {advice}\n".encode())
+        os.write(2, f"\n{signal.Signals(signum).name}: ending {what} as Ctrl-C does; {advice}\n".encode())
         threading.Thread(target=_exit_if_still_running, args=(SIGTERM_GRACE_SECONDS,), daemon=True).start()
     # Whatever Ctrl-C does now: inside Tuner.fit, Tune's handler ends the search after its step and
     # saves the experiment (a second signal skips that); outside, KeyboardInterrupt.
@@ -156,20 +192,39 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def sigterm_as_ctrl_c(what: str = "the search", advice: str = RESUME_ADVICE) -> Iterator[None]:
-    """Within this block a SIGTERM ends the run as Ctrl-C would, saying that it ends ``what``
-    and to ``advice``. Enter it after ``ray.init``, which sets its own handler; the one before is
-    put back on leaving."""
+def signals_as_ctrl_c(what: str = "the search", advice: str = RESUME_ADVICE,
+                      log_path: str = os.devnull) -> Iterator[None]:
+    """Within this block a SIGTERM or a SIGHUP ends the run as Ctrl-C would, saying that it ends
+    ``what`` and to ``advice``; after a SIGHUP, output that went to the terminal goes to
+    ``log_path``. A SIGHUP ignored on entry (``nohup``) stays ignored. Enter it after ``ray.init``,
+    which sets its own SIGTERM handler; the handlers before are put back on leaving."""
     global _ending
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set one
         yield
         return
-    _ending = (what, advice)
-    before = signal.signal(signal.SIGTERM, _on_sigterm)
+    _ending = (what, advice, log_path)
+    signums = [signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN else [])
+    before = {signum: signal.signal(signum, _on_signal) for signum in signums}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
+def cluster_ignores_hangup() -> Iterator[None]:
+    """Processes started within this block (a local Ray cluster's, by ``ray.init``) ignore
+    SIGHUP: a disposition to ignore is inherited, across exec too. A closed terminal then ends
+    the search through the driver (``signals_as_ctrl_c``), not by killing its cluster under it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 class Deadline(Stopper):

@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import optuna
@@ -195,9 +196,9 @@ def test_python_dash_m_search_is_the_cli(tmp_path):
     assert load_config(copy) == load_config()
 
 
-def start_driver(tmp_path, *args, verb="run") -> subprocess.Popen:
+def start_driver(tmp_path, *args, verb="run", launcher=()) -> subprocess.Popen:
     log = open(tmp_path / "driver.log", "a")
-    return subprocess.Popen([sys.executable, "-m", "search", verb, *map(str, args)], stdout=log,
+    return subprocess.Popen([*launcher, sys.executable, "-m", "search", verb, *map(str, args)], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -307,6 +308,8 @@ STOPS = {
     # processes get it too, so Tune cannot stop its trials. Ray may end the driver itself (status 1,
     # seen once in six), else the driver gives up after a grace period; it once waited a minute.
     "sigterm_to_group": (signal.SIGTERM, True, {143, 1}),
+    # A closed terminal: the shell sends SIGHUP to the whole group. The local cluster ignores it.
+    "sighup": (signal.SIGHUP, True, {129}),
 }
 
 
@@ -327,7 +330,7 @@ def interrupt(tmp_path, path, exp, *args, how="ctrl_c", moment="first_epoch", ve
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", list(STOPS))
+@pytest.mark.parametrize("how", ["ctrl_c", "sigterm", "sigterm_to_group"])  # sighup: with a terminal, below
 def test_ctrl_c_or_sigterm_leaves_an_unsummarized_experiment_that_resume_finishes(tmp_path, capsys, how):
     # As many trials as run at once: every trial exists when Ctrl-C lands, and Tune shows the
     # running ones TERMINATED; the search once read as done, summarized and exit 0.
@@ -372,8 +375,6 @@ def test_ctrl_c_or_sigterm_leaves_an_unsummarized_experiment_that_resume_finishe
 def test_a_driver_stuck_after_sigterm_says_where_it_was():
     # The watchdog's last line names the main thread's frame: one such hang in a suite run under
     # load left only "did not end within 10 s", and nothing to tell where it waited.
-    import threading
-
     seen, done = {}, threading.Event()
 
     def look() -> None:
@@ -392,7 +393,8 @@ def test_a_driver_stuck_after_sigterm_says_where_it_was():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("verb, how", [("run", "ctrl_c"), ("run", "sigterm"), ("prepare", "ctrl_c"), ("prepare", "sigterm")])
+@pytest.mark.parametrize("verb, how", [("run", "ctrl_c"), ("run", "sigterm"), ("prepare", "ctrl_c"), ("prepare", "sigterm"),
+                                      ("prepare", "sighup")])
 def test_stopped_while_preparing_the_pool_it_says_so_in_a_line_and_leaves_nothing_half_written(tmp_path, verb, how):
     # run's line was empty (an exception with no message), SIGTERM exited 15 without one (prepare
     # did so until 2026-12-03), and prepare printed Ray Data's traceback.
@@ -402,10 +404,76 @@ def test_stopped_while_preparing_the_pool_it_says_so_in_a_line_and_leaves_nothin
     assert "Traceback" not in log, log[-3000:]
     said = "interrupted: run the same command with --resume to finish it" if verb == "run" else "interrupted"
     assert log.rstrip().endswith(said), log[-3000:]
-    if how == "sigterm":
+    if how != "ctrl_c":
         what, advice = ("the search", stopping.RESUME_ADVICE) if verb == "run" else ("the pool's preparation", PREPARE_ADVICE)
-        assert f"SIGTERM: ending {what} as Ctrl-C does; {advice}" in log, log[-3000:]
+        assert f"{STOPS[how][0].name}: ending {what} as Ctrl-C does; {advice}" in log, log[-3000:]
     assert not list((tmp_path / "pools").iterdir())  # the pool being written is gone
+
+
+@pytest.mark.slow
+def test_a_closed_terminal_ends_the_search_as_ctrl_c_does_and_what_follows_goes_beside_it(tmp_path, capsys):
+    # The hangup used to kill the driver and its local cluster at once (the shell sends it to the
+    # whole process group): mid-step, nothing saved, not a word. The driver runs in a terminal
+    # (a pseudo-terminal) that is closed, as an SSH session that drops.
+    import pty
+    import select
+
+    path = write_config(tmp_path, merge(KILLABLE, {"search": {"num_samples": 2}}))
+    exp = tmp_path / "results" / "t"
+    terminal, tty = pty.openpty()
+    driver = subprocess.Popen([sys.executable, "-m", "search", "run", str(path)], stdin=tty, stdout=tty,
+                              stderr=tty, start_new_session=True)
+    os.close(tty)
+    screen, closing = [], threading.Event()
+
+    def show() -> None:  # read what the terminal shows, else the driver blocks once it is full
+        while not closing.is_set():
+            if select.select([terminal], [], [], 0.1)[0]:
+                try:
+                    screen.append(os.read(terminal, 1 << 16))
+                except OSError:
+                    return
+
+    reader = threading.Thread(target=show)
+    reader.start()
+    try:
+        deadline = time.time() + 180
+        while not MOMENTS["first_epoch"](tmp_path, exp):
+            assert driver.poll() is None and time.time() < deadline, b"".join(screen)[-3000:]
+            time.sleep(0.2)
+        os.killpg(driver.pid, signal.SIGHUP)
+    finally:
+        closing.set()
+        reader.join()
+        os.close(terminal)  # writes to the terminal now fail (EIO)
+    try:
+        code = driver.wait(timeout=stopping.SIGTERM_GRACE_SECONDS + 30)
+    except subprocess.TimeoutExpired:
+        os.killpg(driver.pid, signal.SIGKILL)
+        raise
+    log = (exp / "driver.log").read_text()
+    assert code == 129, log[-3000:]
+    assert "SIGHUP: ending the search as Ctrl-C does; run the same command with --resume to finish it" in log
+    # Its cluster outlived the hangup: Tune stopped the trials and saved, and the driver said so.
+    assert "interrupted with 0 of 2 trials finished; the experiment is saved" in log, log[-3000:]
+    assert "did not end within" not in log and "Traceback" not in log, log[-3000:]
+    assert not (exp / "summary.json").exists() and load(exp / "runs.json")["driver"] is None
+    assert main(["run", str(path), "--resume"]) == 0
+    assert load(exp / "summary.json")["counts"] == {"COMPLETED": 2}
+
+
+@pytest.mark.slow
+def test_under_nohup_a_closed_terminal_leaves_the_search_running(tmp_path):
+    # What the README suggests for a search that must outlive its terminal: the driver keeps
+    # nohup's ignoring of SIGHUP, and so does its local cluster.
+    path = write_config(tmp_path, merge(KILLABLE, {"search": {"num_samples": 2}}))
+    exp = tmp_path / "results" / "t"
+    driver = start_driver(tmp_path, path, launcher=["nohup"])
+    wait_for(lambda: MOMENTS["first_epoch"](tmp_path, exp), driver, tmp_path)
+    os.killpg(driver.pid, signal.SIGHUP)
+    assert driver.wait(timeout=300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    assert load(exp / "summary.json")["counts"] == {"COMPLETED": 2}
+    assert "SIGHUP" not in (tmp_path / "driver.log").read_text()
 
 
 @pytest.mark.slow
