@@ -138,7 +138,10 @@ def _unfinished(experiment: str | Path, runs: list[float], driver: dict | None) 
         return f"{experiment}: no {SUMMARY} yet: the search is running ({driver_text(driver)}){ends}"
     resume = "`mixsearch run CONFIG --resume` finishes it"
     if runs:
-        return f"{experiment}: no {SUMMARY} yet: the search was interrupted (or its driver died); {resume}"
+        # Written by a driver whose terminal closed (SIGHUP): its last lines could be shown nowhere else.
+        hangup = ", and what its driver printed after its terminal closed is in driver.log" \
+            if (Path(experiment) / "driver.log").exists() else ""
+        return f"{experiment}: no {SUMMARY} yet: the search was interrupted (or its driver died); {resume}{hangup}"
     return f"{experiment}: no {SUMMARY} yet (the search is running, or was interrupted: {resume})"
 
 

@@ -193,8 +193,15 @@ def test_a_running_search_is_reported_from_its_trial_logs(experiment, tmp_path, 
 
     # Its driver has died (the pid in runs.json is gone): interrupted.
     assert main(["report", str(live)]) == 0
+    out = capsys.readouterr().out
     assert "no summary.json yet: the search was interrupted (or its driver died); `mixsearch run CONFIG " \
-        "--resume` finishes it" in capsys.readouterr().out
+        "--resume` finishes it\n" in out
+    # Its terminal closed (SIGHUP): the driver's last lines went to driver.log, and the report says where.
+    (live / "driver.log").write_text("SIGHUP: ending the search as Ctrl-C does\n")
+    assert main(["report", str(live)]) == 0
+    assert "`mixsearch run CONFIG --resume` finishes it, and what its driver printed after its terminal " \
+        "closed is in driver.log\n" in capsys.readouterr().out
+    (live / "driver.log").unlink()
 
     # Just started: trial folders, nothing reported (and, from an older mixsearch, no runs.json).
     for log in live.glob("trial_*/result.json"):
