@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from analysis import plots
-from analysis.results import SUMMARY, curves, experiment_folder, front, load_summary, progress
+from analysis.results import (SUMMARY, curves, experiment_folder, experiments, front, is_storage_path, load_summary,
+                              progress, run_record, trials_asked)
 
 
 class ReportError(ValueError):
@@ -116,17 +116,8 @@ def summary_text(summary: dict, folder: str | Path | None = None) -> str:
     return "\n".join(lines)
 
 
-def _run_record(experiment: str | Path) -> tuple[list[float], dict | None]:
-    """The driver's ``runs.json``: (the seconds of each run so far, the driver running it or None)."""
-    import pyarrow.fs as pafs
-
-    from search.driver import RUNS, read_runs
-
-    return read_runs(pafs.LocalFileSystem(), str(Path(experiment).absolute() / RUNS))
-
-
 def _unfinished(experiment: str | Path, runs: list[float], driver: dict | None) -> str:
-    """Why there is no summary yet: the driver's record (``_run_record``) says whether it still runs."""
+    """Why there is no summary yet: the driver's record (``run_record``) says whether it still runs."""
     from search.driver import driver_text, live_driver
 
     if live_driver(driver):
@@ -145,15 +136,6 @@ def _unfinished(experiment: str | Path, runs: list[float], driver: dict | None) 
     return f"{experiment}: no {SUMMARY} yet (the search is running, or was interrupted: {resume})"
 
 
-def _asked(exp: Path) -> int | None:
-    """The trials a TPE search asked for, from the config it started with (a grid's are not counted)."""
-    try:
-        search = (yaml.safe_load((exp / "config.yaml").read_text()) or {}).get("search") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None
-    return search.get("num_samples") if search.get("algorithm", "tpe") == "tpe" else None
-
-
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
@@ -163,8 +145,8 @@ def progress_text(experiment: str | Path, prog: pd.DataFrame, top: int = 5) -> s
     """A search without a summary yet (running, or interrupted), from its ``progress()``: trials
     (of those asked) and epochs so far, the time spent, and the best trials by their last
     reported ``unseen_accuracy``."""
-    runs, driver = _run_record(experiment)
-    asked, spent = _asked(Path(experiment)), sum(runs)
+    runs, driver = run_record(experiment)
+    asked, spent = trials_asked(experiment), sum(runs)
     lines = [_unfinished(experiment, runs, driver),
              f"{len(prog)}{f' of {asked}' if asked else ''} trials so far, {int(prog['epochs'].sum())} epochs "
              f"trained{f' in {_duration(spent)}' if spent else ''}; best by their last reported unseen_accuracy:"]
@@ -176,10 +158,33 @@ def progress_text(experiment: str | Path, prog: pd.DataFrame, top: int = 5) -> s
     return "\n".join(lines)
 
 
+def experiments_text(storage_path: str | Path, table: pd.DataFrame) -> str:
+    """A storage path's experiments (``experiments``), a line each: name, state, trials, the
+    best unseen_accuracy and its trial, the time its runs took."""
+    lines = [f"{storage_path}: {len(table)} experiment{'s' if len(table) != 1 else ''} (pass one to "
+             "`mixsearch report` for its trials and plots)"]
+    width = max(len(n) for n in table["name"])
+    for _, e in table.iterrows():
+        if e["state"] == "unreadable":
+            lines.append(f"  {e['name']:<{width}}  unreadable   its {SUMMARY} is not a mixsearch summary")
+            continue
+        asked = e["asked"] if pd.notna(e["asked"]) and e["asked"] != e["trials"] else None
+        trials = f"{e['trials']}{f' of {asked}' if asked is not None else ''} trials"
+        so_far = " so far" if e["state"] != "finished" else ""
+        best = "no result yet" if pd.isna(e["best_unseen_accuracy"]) else \
+            f"best{so_far} {e['best_unseen_accuracy']:.3f} ({e['best_trial']})"
+        took = f", {_duration(e['seconds'])}" if pd.notna(e["seconds"]) else ""
+        lines.append(f"  {e['name']:<{width}}  {e['state']:<11}  {trials}, {best}{took}")
+    return "\n".join(lines)
+
+
 def report(experiment: str | Path, out: str | Path | None = None) -> tuple[str, list[Path]]:
     """(the text to print, the plots written) for an experiment folder: ``curves.png`` and
     ``knobs.png`` from the trial logs (where there are any) and, for a finished Pareto search,
-    ``front.png``, under ``out``, by default ``<experiment>/report/``."""
+    ``front.png``, under ``out``, by default ``<experiment>/report/``. For a storage path (a
+    folder of experiments), a line per experiment and no plots."""
+    if is_storage_path(experiment):
+        return experiments_text(experiment, experiments(experiment)), []
     try:
         exp = experiment_folder(experiment)
     except (FileNotFoundError, ValueError) as e:
@@ -188,7 +193,7 @@ def report(experiment: str | Path, out: str | Path | None = None) -> tuple[str, 
     prog = progress(exp)
     if not finished and prog.empty:
         started = len(list(exp.glob("trial_*")))
-        return f"{_unfinished(experiment, *_run_record(experiment))}\n{started} trials started, none has reported an epoch yet", []
+        return f"{_unfinished(experiment, *run_record(experiment))}\n{started} trials started, none has reported an epoch yet", []
     try:
         summary = load_summary(exp) if finished else None
         # The folder read, not the summary's experiment_path: a copy synced from a cluster is elsewhere.

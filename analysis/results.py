@@ -6,6 +6,7 @@
     pg = progress("mixsearch_results/default")    # one row per trial so far (a running search too)
     pf = front("mixsearch_results/default")       # the Pareto front, with search.pareto set
     pr = proposals("mixsearch_results/default")   # the surrogate's predicted-best configs
+    ex = experiments("mixsearch_results")         # one row per experiment of a storage path
 """
 
 from __future__ import annotations
@@ -15,11 +16,35 @@ import math
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 SUMMARY = "summary.json"
 METRIC = "unseen_accuracy"
 # Optuna's raw simplex draws: the normalized weights are what a trial trained on.
 INTERNAL = {"simplex_u"}
+
+
+def _local_folder(path: str | Path) -> Path:
+    """``path`` as a Path, once it is known to be a local folder. Raises FileNotFoundError for a
+    missing one, ValueError for a URI (a cluster's storage: copy it down first) or an empty path."""
+    from search.config import is_uri, not_empty
+
+    not_empty(str(path))  # "" would read the working directory
+    if is_uri(str(path)):  # Path() would fold "s3://b/x" into "s3:/b/x", "no such folder"
+        raise ValueError(f"{path}: a URI; reports, notebooks and export read a local folder: copy the "
+                         "experiment down first (for example `aws s3 sync URI DIR`)")
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{path}: no such folder")
+    return Path(path)
+
+
+def _is_experiment(folder: Path) -> bool:
+    return (folder / SUMMARY).exists() or (folder / "tuner.pkl").exists()
+
+
+def _experiments_in(folder: Path) -> list[Path]:
+    """The experiments directly inside a folder (a storage path), by name."""
+    return sorted((p for p in folder.iterdir() if p.is_dir() and _is_experiment(p)), key=lambda p: p.name)
 
 
 def experiment_folder(experiment: str | Path) -> Path:
@@ -28,21 +53,74 @@ def experiment_folder(experiment: str | Path) -> Path:
     ValueError for another one (the storage path above experiments, say: they are named), where
     reading the trial logs would quietly find none; ValueError too for a URI (an experiment on a
     cluster's storage), which must be copied down first, and for an empty path."""
-    from search.config import is_uri, not_empty
-
-    not_empty(str(experiment))  # "" would read the working directory
-    if is_uri(str(experiment)):  # Path() would fold "s3://b/x" into "s3:/b/x", "no such folder"
-        raise ValueError(f"{experiment}: a URI; reports, notebooks and export read a local folder: copy the "
-                         "experiment down first (for example `aws s3 sync URI DIR`)")
-    exp = Path(experiment)
-    if not exp.is_dir():
-        raise FileNotFoundError(f"{experiment}: no such folder")
-    if not (exp / SUMMARY).exists() and not (exp / "tuner.pkl").exists():
-        inside = sorted(p.parent.name for p in exp.glob("*/tuner.pkl"))
+    exp = _local_folder(experiment)
+    if not _is_experiment(exp):
+        inside = [p.name for p in _experiments_in(exp)]
         hint = (f"it holds the experiments {', '.join(inside)}: pass one, e.g. {exp / inside[0]}" if inside
                 else "mixsearch run writes <storage_path>/<name>/")
         raise ValueError(f"{experiment}: neither a {SUMMARY} nor Tune's tuner.pkl; not an experiment ({hint})")
     return exp
+
+
+def is_storage_path(path: str | Path) -> bool:
+    """Whether ``path`` is a local folder that holds experiments rather than being one."""
+    try:
+        folder = _local_folder(path)
+    except (ValueError, FileNotFoundError):
+        return False
+    return not _is_experiment(folder) and bool(_experiments_in(folder))
+
+
+def run_record(experiment: str | Path) -> tuple[list[float], dict | None]:
+    """The driver's ``runs.json``: (the seconds of each run so far, the driver running it or None)."""
+    import pyarrow.fs as pafs
+
+    from search.driver import RUNS, read_runs
+
+    return read_runs(pafs.LocalFileSystem(), str(Path(experiment).absolute() / RUNS))
+
+
+def trials_asked(experiment: str | Path) -> int | None:
+    """The trials a TPE search asked for, from the config it started with (a grid's are not counted)."""
+    try:
+        search = (yaml.safe_load((Path(experiment) / "config.yaml").read_text()) or {}).get("search") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return search.get("num_samples") if search.get("algorithm", "tpe") == "tpe" else None
+
+
+def experiments(storage_path: str | Path) -> pd.DataFrame:
+    """One row per experiment in a storage path (``mixsearch run`` writes
+    ``<storage_path>/<name>/``), by name: its ``state`` (finished, running, interrupted; unknown
+    for a search of an older mixsearch without a summary; unreadable for a summary.json that is
+    not one), the ``trials`` that reported so far
+    and those ``asked`` for, the ``best_unseen_accuracy`` and its ``best_trial`` (for an
+    unfinished search, by the trials' last reported values), and the ``seconds`` its runs took."""
+    from search.driver import live_driver
+
+    rows = []
+    for exp in _experiments_in(_local_folder(storage_path)):
+        runs, driver = run_record(exp)
+        row = {"name": exp.name, "asked": trials_asked(exp), "seconds": sum(runs) or None}
+        if (exp / SUMMARY).exists():
+            try:
+                summary = load_summary(exp)
+                best = summary.get("best") or {}
+                row |= {"state": "finished", "trials": summary["num_trials"], "asked": summary["num_trials"],
+                        "best_unseen_accuracy": best.get(METRIC), "best_trial": best.get("trial_id"),
+                        "seconds": summary.get("wall_seconds")}
+            except (json.JSONDecodeError, KeyError, AttributeError):  # one bad folder must not hide the rest
+                row |= {"state": "unreadable", "trials": None}
+        else:
+            prog = progress(exp)
+            top = prog.iloc[0] if not prog.empty else {}
+            state = "running" if live_driver(driver) else "interrupted" if runs else "unknown"
+            row |= {"state": state, "trials": len(prog), "best_unseen_accuracy": top.get(METRIC),
+                    "best_trial": top.get("trial_id")}
+        rows.append(row)
+    columns = ["name", "state", "trials", "asked", "best_unseen_accuracy", "best_trial", "seconds"]
+    # Nullable integers: an unreadable experiment's missing counts would make them floats.
+    return pd.DataFrame(rows, columns=columns).astype({"trials": "Int64", "asked": "Int64"})
 
 
 def load_summary(experiment: str | Path) -> dict:

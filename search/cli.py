@@ -4,6 +4,7 @@
     mixsearch prepare [CONFIG]    write (or reuse) the pool of a config
     mixsearch run [CONFIG]        prepare if needed, search, write summary.json (--dry-run: the plan)
     mixsearch report EXPERIMENT   what a search found (or, while it runs, has found), and plots
+                                  (given a storage path: its experiments, a line each)
     mixsearch export EXPERIMENT OUT   the best trial's model as a transformers model directory
 """
 
@@ -66,8 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="check the config and its inputs and print what the run would do; start nothing")
 
-    rep = verbs.add_parser("report", help="summarize an experiment, finished or running, and plot it")
-    rep.add_argument("experiment", type=_path, help="the experiment's folder (STORAGE_PATH/NAME)")
+    rep = verbs.add_parser("report", help="summarize an experiment, finished or running, and plot it; "
+                                          "or list a storage path's experiments")
+    rep.add_argument("experiment", type=_path,
+                     help="the experiment's folder (STORAGE_PATH/NAME), or a STORAGE_PATH to list its experiments")
     rep.add_argument("--out", type=_path, help="where the plots go (default: EXPERIMENT/report)")
 
     exp = verbs.add_parser("export", help="save a trial's trained model (the best by default) for transformers")

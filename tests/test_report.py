@@ -230,7 +230,8 @@ def test_what_is_not_an_experiment_is_one_line(experiment, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(exp, broken)
     (broken / "summary.json").write_text("{")
-    for target, words in [(tmp_path / "nope", "no such folder"), (tmp_path, "not an experiment"),
+    (tmp_path / "empty").mkdir()
+    for target, words in [(tmp_path / "nope", "no such folder"), (tmp_path / "empty", "not an experiment"),
                           ("s3://bucket/results/t", "a URI; reports, notebooks and export read a local folder"),
                           (broken, f"{broken / 'summary.json'}: not a mixsearch summary")]:
         assert main(["report", str(target)]) == 2
@@ -253,9 +254,10 @@ def test_the_storage_path_instead_of_an_experiment_is_named_as_such_everywhere(e
 
     exp, _, _ = experiment
     root = exp.parent
-    assert main(["report", str(root)]) == 2
     hint = f"it holds the experiments {exp.name}: pass one, e.g. {exp}"
-    assert hint in capsys.readouterr().err
+    # (`mixsearch report` lists them: below.) A folder with no experiment in it is named as such.
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not an experiment (mixsearch run writes <storage_path>/<name>/)" in capsys.readouterr().err
     for read in (curves, progress, trials, load_summary):
         with pytest.raises(ValueError, match="not an experiment") as e:
             read(root)
@@ -263,6 +265,52 @@ def test_the_storage_path_instead_of_an_experiment_is_named_as_such_everywhere(e
         with pytest.raises(FileNotFoundError, match="no such folder"):
             read(tmp_path / "nope")
     assert len(curves(exp)) > 0 and len(progress(exp)) == 5
+
+
+def test_a_storage_path_is_reported_as_its_experiments_a_line_each(experiment, tmp_path, capsys):
+    # It used to be refused ("not an experiment"), naming the experiments, and nothing more.
+    from analysis.results import experiments
+
+    exp, summary, _ = experiment
+    root = tmp_path / "results"
+    shutil.copytree(exp, root / "done")
+    _, cut_last = as_running(exp, root / "cut")  # interrupted: its driver's record says it ended
+    (root / "cut" / "runs.json").write_text(json.dumps({"runs": [75.0], "driver": None}))
+    _, live_last = as_running(exp, root / "live")
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    record = {"runs": [30.0], "driver": {"host": socket.gethostname(), "pid": driver.pid, "at": time.time()}}
+    (root / "live" / "runs.json").write_text(json.dumps(record))
+    config = yaml.safe_load((root / "live" / "config.yaml").read_text())
+    config["search"]["num_samples"] = 9  # more trials asked for than have reported
+    (root / "live" / "config.yaml").write_text(yaml.safe_dump(config))
+    (root / "notes").mkdir()  # not an experiment: left out
+    shutil.copytree(exp, root / "bad")
+    (root / "bad" / "summary.json").write_text("{")  # listed as such, the others still read
+    try:
+        table = experiments(root).set_index("name")
+        assert main(["report", str(root)]) == 0
+    finally:
+        driver.kill()
+        driver.wait()
+    out = capsys.readouterr().out
+    assert list(table.index) == ["bad", "cut", "done", "live"]
+    assert list(table["state"]) == ["unreadable", "interrupted", "finished", "running"]
+    best = summary["best"]
+    assert table.loc["done", "best_trial"] == best["trial_id"] and table.loc["done", "trials"] == 5
+    assert table.loc["done", "best_unseen_accuracy"] == best["unseen_accuracy"]
+    for name, last in (("cut", cut_last), ("live", live_last)):  # by the trials' last reported values
+        top = max(last, key=last.get)
+        assert table.loc[name, "best_trial"] == top and table.loc[name, "best_unseen_accuracy"] == last[top]
+    assert table.loc["live", "asked"] == 9 and table.loc["cut", "seconds"] == 75.0
+    lines = out.splitlines()
+    assert lines[0] == f"{root}: 4 experiments (pass one to `mixsearch report` for its trials and plots)"
+    assert lines[1].split() == ["bad", "unreadable", "its", "summary.json", "is", "not", "a", "mixsearch", "summary"]
+    assert lines[2].split()[:3] == ["cut", "interrupted", "5"]
+    assert f"5 trials, best so far {cut_last[max(cut_last, key=cut_last.get)]:.3f}" in lines[2] and lines[2].endswith(", 1 min 15 s")
+    assert lines[3].split()[:2] == ["done", "finished"] and f"best {best['unseen_accuracy']:.3f} ({best['trial_id']})" in lines[3]
+    assert lines[4].split()[:2] == ["live", "running"] and "5 of 9 trials, best so far" in lines[4]
+    assert len(lines) == 5 and "notes" not in out
+    assert not (root / "report").exists()  # no plots for a list
 
 
 def test_the_notebook_runs_on_an_experiment(experiment, tmp_path):
