@@ -341,6 +341,8 @@ def test_the_notebook_runs_on_an_experiment(experiment, tmp_path):
     shown = {c.source.splitlines()[-1]: [o for o in c.outputs if o.output_type == "execute_result"] for c in code}
     assert "image/png" in shown["curves_fig"][0]["data"] and "image/png" in shown["knobs_fig"][0]["data"]
     assert "text/html" in shown["prog.head(10)"][0]["data"]  # a table
+    beside = shown["experiments(Path(EXPERIMENT).parent)"][0]["data"]["text/plain"]  # only this one, finished
+    assert [line.split()[:3] for line in beside.splitlines()[1:]] == [["0", "t", "finished"]], beside
     # At this size every result is 0: no proposals, and the cell says why rather than failing.
     said = next(out for line, out in shown.items() if line.startswith("proposals(EXPERIMENT)"))
     assert "not fit: every trial reported unseen_accuracy 0.000" in said[0]["data"]["text/plain"]
