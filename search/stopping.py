@@ -161,8 +161,11 @@ def _away_from_the_terminal(path: str) -> None:
         except OSError:
             pass
         if fd is None:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            except OSError:  # unwritable: lose the last lines rather than fail mid-save
+                path, fd = os.devnull, os.open(os.devnull, os.O_WRONLY)
             try:  # the terminal may still be there (`kill -HUP`): say where the rest goes
                 os.write(2, f"\nSIGHUP: what follows is in {path}\n".encode())
             except OSError:
