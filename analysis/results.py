@@ -93,30 +93,30 @@ def experiments(storage_path: str | Path) -> pd.DataFrame:
     """One row per experiment in a storage path (``mixsearch run`` writes
     ``<storage_path>/<name>/``), by name: its ``state`` (finished, running, interrupted; unknown
     for a search of an older mixsearch without a summary; unreadable for a summary.json that is
-    not one), the ``trials`` that reported so far
-    and those ``asked`` for, the ``best_unseen_accuracy`` and its ``best_trial`` (for an
-    unfinished search, by the trials' last reported values), and the ``seconds`` its runs took."""
+    not one), the ``trials`` that reported so far and those ``asked`` for, the
+    ``best_unseen_accuracy`` and its ``best_trial`` (for an unfinished search, by the trials'
+    last reported values), and the ``seconds`` its runs took."""
     from search.driver import live_driver
 
     rows = []
     for exp in _experiments_in(_local_folder(storage_path)):
-        runs, driver = run_record(exp)
-        row = {"name": exp.name, "asked": trials_asked(exp), "seconds": sum(runs) or None}
-        if (exp / SUMMARY).exists():
+        row = {"name": exp.name}
+        if (exp / SUMMARY).exists():  # it has every figure: no need for the logs, runs.json or config
             try:
-                summary = load_summary(exp)
+                summary = json.loads((exp / SUMMARY).read_text())
                 best = summary.get("best") or {}
                 row |= {"state": "finished", "trials": summary["num_trials"], "asked": summary["num_trials"],
                         "best_unseen_accuracy": best.get(METRIC), "best_trial": best.get("trial_id"),
                         "seconds": summary.get("wall_seconds")}
             except (json.JSONDecodeError, KeyError, AttributeError):  # one bad folder must not hide the rest
-                row |= {"state": "unreadable", "trials": None}
+                row["state"] = "unreadable"
         else:
+            runs, driver = run_record(exp)
             prog = progress(exp)
             top = prog.iloc[0] if not prog.empty else {}
-            state = "running" if live_driver(driver) else "interrupted" if runs else "unknown"
-            row |= {"state": state, "trials": len(prog), "best_unseen_accuracy": top.get(METRIC),
-                    "best_trial": top.get("trial_id")}
+            row |= {"state": "running" if live_driver(driver) else "interrupted" if runs else "unknown",
+                    "trials": len(prog), "asked": trials_asked(exp), "best_unseen_accuracy": top.get(METRIC),
+                    "best_trial": top.get("trial_id"), "seconds": sum(runs) or None}
         rows.append(row)
     columns = ["name", "state", "trials", "asked", "best_unseen_accuracy", "best_trial", "seconds"]
     # Nullable integers: an unreadable experiment's missing counts would make them floats.
