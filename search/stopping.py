@@ -15,7 +15,9 @@ each run (``arm``): a resume uses its own config's limit and the time already sp
 
 SIGTERM (``kill``, ``ray job stop``, a batch scheduler's notice before it kills a job) ends the
 search as Ctrl-C does (``signals_as_ctrl_c``): Tune saves the experiment and the driver says how to
-resume. Ray's own handler (set by ``ray.init``) exits at once, mid-step, without a word.
+resume. Ray's own handler (set by ``ray.init``) exits at once, mid-step, without a word. The
+line that says so is written by a thread of its own (``_listen``) as the signal arrives: Python
+runs handlers in the main thread only, which may be waiting in Ray's C++ when Ray ends the process.
 
 So does SIGHUP, a closed terminal or a dropped SSH session, which the shell sends to the driver's
 whole process group: the local cluster's processes ignore it (``cluster_ignores_hangup``, around
@@ -175,17 +177,55 @@ def _away_from_the_terminal(path: str) -> None:
         os.close(fd)
 
 
+_announcing = threading.RLock()  # re-entrant: a second signal can land inside the first's handler
+
+
+def _announce(signum: int) -> None:
+    """What a SIGTERM or SIGHUP does at once, once: after a hangup, move the output off the
+    terminal; record the signal, say that the run ends and how to finish it, and start the clock
+    after which the process exits whatever it is doing. Called from the signal listener's thread
+    (``_listen``) and from the handler in the main thread, whichever comes first."""
+    with _announcing:
+        what, advice, log_path = _ending
+        if signum == signal.SIGHUP and not _state.detached:  # (a second SIGHUP finds it done)
+            _state.detached = True
+            _away_from_the_terminal(log_path)
+        if _state.ended_by is None:
+            _state.ended_by = signum
+            # os.write: a print here could land inside one to the same stream (a reentrant call).
+            os.write(2, f"\n{signal.Signals(signum).name}: ending {what} as Ctrl-C does; {advice}\n".encode())
+            threading.Thread(target=_exit_if_still_running, args=(SIGTERM_GRACE_SECONDS,), daemon=True).start()
+
+
+def _listen(read_fd: int, signums: frozenset[int], forward_fd: int) -> None:
+    """Announce each of ``signums`` as it arrives, from this thread. Python runs a signal's
+    handler in the main thread, at its next bytecode; a driver's main thread waits in Ray's C++
+    (``ray.wait``, placement groups) with the GIL released, and when the signal went to the whole
+    process group, Ray may end the process (status 1) before it returns: the CI suite once saw the
+    driver end that way without a word. The C-level handler writes each signal's number to the
+    wakeup fd at once, and this thread, which needs only the GIL, reads it."""
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+        if not data:  # the write end closed: the block was left
+            break
+        if forward_fd >= 0:  # whoever had the wakeup fd before (an event loop) still hears of them
+            try:
+                os.write(forward_fd, data)
+            except OSError:
+                pass
+        for signum in data:
+            if signum in signums:
+                _announce(signum)
+    os.close(read_fd)
+
+
 def _on_signal(signum: int, frame: Any) -> None:
-    what, advice, log_path = _ending
-    if signum == signal.SIGHUP and not _state.detached:  # (a second SIGHUP finds it done)
-        _state.detached = True
-        _away_from_the_terminal(log_path)
-    if _state.ended_by is None:
-        _state.ended_by = signum
-        # Said now: when the local cluster got the signal too, Ray may end this process itself.
-        # os.write: a print here could land inside one to the same stream (a reentrant call).
-        os.write(2, f"\n{signal.Signals(signum).name}: ending {what} as Ctrl-C does; {advice}\n".encode())
-        threading.Thread(target=_exit_if_still_running, args=(SIGTERM_GRACE_SECONDS,), daemon=True).start()
+    _announce(signum)  # (done already if the listener came first)
     # Whatever Ctrl-C does now: inside Tuner.fit, Tune's handler ends the search after its step and
     # saves the experiment (a second signal skips that); outside, KeyboardInterrupt.
     handler = signal.getsignal(signal.SIGINT)
@@ -198,21 +238,31 @@ def _on_signal(signum: int, frame: Any) -> None:
 def signals_as_ctrl_c(what: str = "the search", advice: str = RESUME_ADVICE,
                       log_path: str = os.devnull) -> Iterator[None]:
     """Within this block a SIGTERM or a SIGHUP ends the run as Ctrl-C would, saying that it ends
-    ``what`` and to ``advice``; after a SIGHUP, output that went to the terminal goes to
-    ``log_path``. A SIGHUP ignored on entry (``nohup``) stays ignored. Enter it after ``ray.init``,
-    which sets its own SIGTERM handler; the handlers before are put back on leaving."""
+    ``what`` and to ``advice`` as soon as it arrives, even while the main thread waits in C code;
+    after a SIGHUP, output that went to the terminal goes to ``log_path``. A SIGHUP ignored on
+    entry (``nohup``) stays ignored. Enter it after ``ray.init``, which sets its own SIGTERM
+    handler; the handlers (and the signal wakeup fd) before are put back on leaving."""
     global _ending
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set one
         yield
         return
     _ending = (what, advice, log_path)
     signums = [signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN else [])
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)  # set_wakeup_fd requires it: a signal handler must not block
+    forward_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    listener = threading.Thread(target=_listen, args=(read_fd, frozenset(signums), forward_fd), daemon=True,
+                                name="mixsearch-signals")
+    listener.start()
     before = {signum: signal.signal(signum, _on_signal) for signum in signums}
     try:
         yield
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+        signal.set_wakeup_fd(forward_fd)
+        os.close(write_fd)  # the listener reads the end and closes its side
+        listener.join(timeout=5)
 
 
 @contextmanager

@@ -392,6 +392,41 @@ def test_a_driver_stuck_after_sigterm_says_where_it_was():
     assert stopping._is_ours(__file__) and not stopping._is_ours(ray.__file__)
 
 
+STUCK_IN_C = """
+import os, signal, sys
+from search import stopping
+stopping.SIGTERM_GRACE_SECONDS = 1.0
+with stopping.signals_as_ctrl_c():
+    # As a driver's main thread waiting in Ray's C++: Python's handler cannot run there, and the
+    # signal lands on another thread. (Blocked here; the process's other threads take it.)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})
+    print("waiting", flush=True)
+    os.read(os.pipe()[0], 1)  # nothing ever comes
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+def test_a_signal_is_announced_while_the_main_thread_waits_in_c_code(tmp_path, sig):
+    # CI once saw a driver SIGTERM'd with its local cluster end without a word: its main thread
+    # waited in Ray's C++, and Ray exited (status 1) before Python ran the handler there. Now a
+    # thread of its own says it at once, and starts the clock that ends a process that is stuck.
+    log = tmp_path / "driver.log"
+    driver = subprocess.Popen([sys.executable, "-c", STUCK_IN_C], stdout=subprocess.PIPE,
+                              stderr=open(log, "w"), text=True, start_new_session=True)
+    try:
+        assert driver.stdout.readline() == "waiting\n", log.read_text()
+        driver.send_signal(sig)
+        code = driver.wait(timeout=30)
+    finally:
+        driver.kill()
+    said = log.read_text()
+    line = next(i for i, text in enumerate(STUCK_IN_C.splitlines(), 1) if "os.read" in text)
+    assert code == 128 + sig, said
+    assert f"{sig.name}: ending the search as Ctrl-C does; {stopping.RESUME_ADVICE}" in said, said
+    # Stuck, it exits after the grace period (1 s here), saying where its main thread waited.
+    assert f"{sig.name}: the search did not end within 1 s" in said and f"(it was at <string>:{line} in <module>)" in said, said
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("verb, how", [("run", "ctrl_c"), ("run", "sigterm"), ("prepare", "ctrl_c"), ("prepare", "sigterm"),
                                       ("prepare", "sighup")])
