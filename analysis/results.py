@@ -89,6 +89,21 @@ def trials_asked(experiment: str | Path) -> int | None:
     return search.get("num_samples") if search.get("algorithm", "tpe") == "tpe" else None
 
 
+def _unfinished_state(runs: list[float], driver: dict | None) -> str:
+    from search.driver import live_driver
+
+    return "running" if live_driver(driver) else "interrupted" if runs else "unknown"
+
+
+def state(experiment: str | Path) -> str:
+    """Where an experiment stands: finished (it has its summary), running (its driver is alive),
+    interrupted (a run ended unfinished, or its driver died), or unknown (no driver's record: a
+    search of an older mixsearch)."""
+    if (Path(experiment) / SUMMARY).exists():
+        return "finished"
+    return _unfinished_state(*run_record(experiment))
+
+
 def experiments(storage_path: str | Path) -> pd.DataFrame:
     """One row per experiment in a storage path (``mixsearch run`` writes
     ``<storage_path>/<name>/``), by name: its ``state`` (finished, running, interrupted; unknown
@@ -96,8 +111,6 @@ def experiments(storage_path: str | Path) -> pd.DataFrame:
     not one), the ``trials`` that reported so far and those ``asked`` for, the
     ``best_unseen_accuracy`` and its ``best_trial`` (for an unfinished search, by the trials'
     last reported values), and the ``seconds`` its runs took."""
-    from search.driver import live_driver
-
     rows = []
     for exp in _experiments_in(_local_folder(storage_path)):
         row = {"name": exp.name}
@@ -114,7 +127,7 @@ def experiments(storage_path: str | Path) -> pd.DataFrame:
             runs, driver = run_record(exp)
             prog = progress(exp)
             top = prog.iloc[0] if not prog.empty else {}
-            row |= {"state": "running" if live_driver(driver) else "interrupted" if runs else "unknown",
+            row |= {"state": _unfinished_state(runs, driver),
                     "trials": len(prog), "asked": trials_asked(exp), "best_unseen_accuracy": top.get(METRIC),
                     "best_trial": top.get("trial_id"), "seconds": sum(runs) or None}
         rows.append(row)

@@ -4,7 +4,8 @@
     mixsearch prepare [CONFIG]    write (or reuse) the pool of a config
     mixsearch run [CONFIG]        prepare if needed, search, write summary.json (--dry-run: the plan)
     mixsearch report EXPERIMENT   what a search found (or, while it runs, has found), and plots
-                                  (given a storage path: its experiments, a line each)
+                                  (given a storage path: its experiments, a line each; --watch:
+                                  again every 30 s while the search runs)
     mixsearch export EXPERIMENT OUT   the best trial's model as a transformers model directory
 """
 
@@ -14,9 +15,10 @@ import argparse
 import logging
 import os
 import sys
+import time
 from dataclasses import asdict
 
-from search.config import DEFAULT_CONFIG, ConfigError, load_config, not_empty
+from search.config import DEFAULT_CONFIG, ConfigError, duration_text, load_config, not_empty, parse_duration
 
 
 def versions() -> str:
@@ -39,6 +41,13 @@ def _path(value: str) -> str:
     # write there). --storage-path and --start-from are checked with the rest of the config.
     try:
         return not_empty(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _interval(value: str) -> float:
+    try:
+        return parse_duration(value)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -72,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("experiment", type=_path,
                      help="the experiment's folder (STORAGE_PATH/NAME), or a STORAGE_PATH to list its experiments")
     rep.add_argument("--out", type=_path, help="where the plots go (default: EXPERIMENT/report)")
+    rep.add_argument("--watch", nargs="?", const="30", metavar="INTERVAL", type=_interval,
+                     help="report again every INTERVAL (default 30 s; or 10s, 2m) while the search runs; "
+                          "exit 0 once it has finished, 1 if it ended unfinished")
 
     exp = verbs.add_parser("export", help="save a trial's trained model (the best by default) for transformers")
     exp.add_argument("experiment", type=_path, help="the experiment's folder (STORAGE_PATH/NAME)")
@@ -84,6 +96,48 @@ def _parser() -> argparse.ArgumentParser:
 
 # What to do after a prepare is stopped: it writes the pool elsewhere and moves it into place when done.
 PREPARE_ADVICE = "nothing half-written is kept: run the same command again"
+
+
+def _report(experiment: str, out: str | None, every: float | None) -> int:
+    """``mixsearch report``; with ``every`` (seconds), again and again while the search runs."""
+    from analysis.report import ReportError, report
+    from analysis.results import experiments, is_storage_path, state
+
+    def now() -> str:  # a storage path "runs" while any of its experiments does
+        if is_storage_path(experiment):
+            return "running" if (experiments(experiment)["state"] == "running").any() else "finished"
+        return state(experiment)
+
+    try:
+        while True:
+            # Read before the report, so that the last report shown is of the search as it ended.
+            standing = now() if every is not None else None
+            try:
+                text, written = report(experiment, out)
+            except ReportError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            if every is not None and sys.stdout.isatty():  # a screen that updates in place, as watch(1)
+                print("\033[H\033[2J", end="")
+            elif every is not None:  # a log: each report under its time
+                print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            print(text)
+            if written:
+                print("plots: " + ", ".join(str(p) for p in written))
+            if every is None:
+                return 0
+            if standing != "running":
+                if standing == "unknown":
+                    print("(no runs.json: whether a driver runs this search is unknown; stopped watching)")
+                return 0 if standing == "finished" else 1
+            print(f"(again every {duration_text(every)} while the search runs; Ctrl-C stops watching, not the search)",
+                  flush=True)
+            time.sleep(every)
+    except KeyboardInterrupt:
+        if every is None:
+            raise
+        print("\nstopped watching; the search goes on", file=sys.stderr)
+        return 130
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -122,17 +176,7 @@ def _main(argv: list[str] | None) -> int:
         sys.stdout.write(DEFAULT_CONFIG.read_text())
         return 0
     if args.verb == "report":
-        from analysis.report import ReportError, report
-
-        try:
-            text, written = report(args.experiment, args.out)
-        except ReportError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(text)
-        if written:
-            print("plots: " + ", ".join(str(p) for p in written))
-        return 0
+        return _report(args.experiment, args.out, args.watch)
     if args.verb == "export":
         from analysis.model import export
 

@@ -5,9 +5,11 @@ import contextlib
 import io
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pandas as pd
@@ -61,6 +63,15 @@ def as_running(exp, dst):
         epochs[rows[0]["trial_id"]] = [r["unseen_accuracy"] for r in trained]
         last[rows[0]["trial_id"]] = rows[-1]["unseen_accuracy"]
     return epochs, last
+
+
+def live_process():
+    """A process that stands in for a running search's driver, in runs.json."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def record_of(process) -> dict:
+    return {"runs": [30.0], "driver": {"host": socket.gethostname(), "pid": process.pid, "at": time.time()}}
 
 
 def test_report_of_a_finished_search_prints_what_run_printed_and_writes_plots(experiment, tmp_path, capsys):
@@ -171,9 +182,8 @@ def test_a_running_search_is_reported_from_its_trial_logs(experiment, tmp_path, 
     assert cv[cv["trial_id"] == trial]["unseen_accuracy"].iloc[-1] == 0.99  # the last delivery counts
 
     # Interrupted once, running again: its driver (a live process here) keeps runs.json.
-    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    record = {"runs": [100.0, 95.6], "driver": {"host": socket.gethostname(), "pid": driver.pid, "at": time.time(),
-                                                "deadline": time.time() + 5430}}  # search.time_limit's
+    driver = live_process()
+    record = {"runs": [100.0, 95.6], "driver": {**record_of(driver)["driver"], "deadline": time.time() + 5430}}  # search.time_limit's
     (live / "runs.json").write_text(json.dumps(record))
     try:
         assert main(["report", str(live)]) == 0
@@ -211,6 +221,79 @@ def test_a_running_search_is_reported_from_its_trial_logs(experiment, tmp_path, 
     out = capsys.readouterr().out
     assert "no summary.json yet (the search is running, or was interrupted" in out
     assert "5 trials started, none has reported an epoch yet" in out
+
+
+@pytest.mark.parametrize("ends", ["finished", "interrupted"])
+def test_watch_reports_again_while_the_search_runs_and_its_status_says_how_it_ended(experiment, tmp_path, capsys, ends):
+    exp, summary, _ = experiment
+    live = tmp_path / "live"
+    as_running(exp, live)
+    driver = live_process()
+    (live / "runs.json").write_text(json.dumps(record_of(driver)))
+
+    def end() -> None:  # a few reports in: the search ends, with its summary or without
+        time.sleep(1.5)
+        if ends == "finished":  # written whole (the driver writes it so), then the driver exits
+            (live / "summary.tmp").write_text((exp / "summary.json").read_text())
+            (live / "summary.tmp").rename(live / "summary.json")
+        driver.kill()
+        driver.wait()
+
+    ending = threading.Thread(target=end)
+    ending.start()
+    try:
+        code = main(["report", str(live), "--watch", "0.2"])
+    finally:
+        ending.join()
+    assert code == (0 if ends == "finished" else 1)
+    out = capsys.readouterr().out
+    reports = out.split("\n--- ")  # not a terminal: each report under its time
+    assert out.startswith("--- ") and len(reports) >= 3, out
+    for report in reports[:-1]:
+        assert "no summary.json yet: the search is running" in report, report
+        assert report.rstrip().endswith("(again every 0.2 s while the search runs; Ctrl-C stops watching, not the search)")
+    last = reports[-1]
+    assert "again every" not in last
+    if ends == "finished":
+        assert f"best trial {summary['best']['trial_id']}: unseen_accuracy" in last
+    else:
+        assert "no summary.json yet: the search was interrupted (or its driver died)" in last
+    # Finished, it is reported once; the storage path beside it too, nothing in it running.
+    for path in (live, tmp_path):
+        assert main(["report", str(path), "--watch", "0.2"]) == (0 if ends == "finished" or path == tmp_path else 1)
+        assert capsys.readouterr().out.count("--- ") == 1
+
+
+def test_ctrl_c_stops_watching_and_says_the_search_goes_on(experiment, tmp_path):
+    exp, _, _ = experiment
+    live = tmp_path / "live"
+    as_running(exp, live)
+    driver = live_process()
+    (live / "runs.json").write_text(json.dumps(record_of(driver)))
+    watcher = subprocess.Popen([sys.executable, "-m", "search", "report", str(live), "--watch", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in watcher.stdout:  # the first report is out: it waits for the next
+            if line.startswith("(again every 1 s"):
+                break
+        watcher.send_signal(signal.SIGINT)
+        _, err = watcher.communicate(timeout=30)
+    finally:
+        watcher.kill()
+        driver.kill()
+        driver.wait()
+    assert watcher.returncode == 130 and err.strip() == "stopped watching; the search goes on", err
+
+
+def test_watch_takes_an_interval_as_a_duration(capsys):
+    from search.cli import _parser
+
+    assert _parser().parse_args(["report", "x", "--watch"]).watch == 30
+    assert _parser().parse_args(["report", "x", "--watch", "2m"]).watch == 120
+    assert _parser().parse_args(["report", "x"]).watch is None
+    with pytest.raises(SystemExit) as e:
+        _parser().parse_args(["report", "x", "--watch", "soon"])
+    assert e.value.code == 2 and "'soon' is not a duration" in capsys.readouterr().err
 
 
 def test_a_summary_without_its_trial_folders_is_still_reported(experiment, tmp_path, capsys):
@@ -277,9 +360,8 @@ def test_a_storage_path_is_reported_as_its_experiments_a_line_each(experiment, t
     _, cut_last = as_running(exp, root / "cut")  # interrupted: its driver's record says it ended
     (root / "cut" / "runs.json").write_text(json.dumps({"runs": [75.0], "driver": None}))
     _, live_last = as_running(exp, root / "live")
-    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    record = {"runs": [30.0], "driver": {"host": socket.gethostname(), "pid": driver.pid, "at": time.time()}}
-    (root / "live" / "runs.json").write_text(json.dumps(record))
+    driver = live_process()
+    (root / "live" / "runs.json").write_text(json.dumps(record_of(driver)))
     config = yaml.safe_load((root / "live" / "config.yaml").read_text())
     config["search"]["num_samples"] = 9  # more trials asked for than have reported
     (root / "live" / "config.yaml").write_text(yaml.safe_dump(config))
