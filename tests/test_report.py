@@ -223,15 +223,22 @@ def test_a_running_search_is_reported_from_its_trial_logs(experiment, tmp_path, 
     assert "5 trials started, none has reported an epoch yet" in out
 
 
-@pytest.mark.parametrize("ends", ["finished", "interrupted"])
-def test_watch_reports_again_while_the_search_runs_and_its_status_says_how_it_ended(experiment, tmp_path, capsys, ends):
-    exp, summary, _ = experiment
+def watching(exp, tmp_path, interval: str):
+    """(a copy of the experiment as it runs, its stand-in driver, `mixsearch report COPY --watch
+    INTERVAL` started on it, its output piped)."""
     live = tmp_path / "live"
     as_running(exp, live)
     driver = live_process()
     (live / "runs.json").write_text(json.dumps(record_of(driver)))
-    watcher = subprocess.Popen([sys.executable, "-m", "search", "report", str(live), "--watch", "0.2"],
-                               stdout=subprocess.PIPE, text=True)
+    watcher = subprocess.Popen([sys.executable, "-m", "search", "report", str(live), "--watch", interval],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return live, driver, watcher
+
+
+@pytest.mark.parametrize("ends", ["finished", "interrupted"])
+def test_watch_reports_again_while_the_search_runs_and_its_status_says_how_it_ended(experiment, tmp_path, capsys, ends):
+    exp, summary, _ = experiment
+    live, driver, watcher = watching(exp, tmp_path, "0.2")
     try:
         out, waits = "", 0
         while waits < 2:  # two reports of it running, then the search ends, with its summary or without
@@ -270,13 +277,7 @@ def test_watch_reports_again_while_the_search_runs_and_its_status_says_how_it_en
 
 
 def test_ctrl_c_stops_watching_and_says_the_search_goes_on(experiment, tmp_path):
-    exp, _, _ = experiment
-    live = tmp_path / "live"
-    as_running(exp, live)
-    driver = live_process()
-    (live / "runs.json").write_text(json.dumps(record_of(driver)))
-    watcher = subprocess.Popen([sys.executable, "-m", "search", "report", str(live), "--watch", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, driver, watcher = watching(experiment[0], tmp_path, "1")
     try:
         for line in watcher.stdout:  # the first report is out: it waits for the next
             if line.startswith("(again every 1 s"):
