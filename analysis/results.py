@@ -104,6 +104,11 @@ def state(experiment: str | Path) -> str:
     return _unfinished_state(*run_record(experiment))
 
 
+def experiment_folders(storage_path: str | Path) -> list[Path]:
+    """The experiments of a storage path (each ``<storage_path>/<name>/``), by name."""
+    return _experiments_in(_local_folder(storage_path))
+
+
 def experiments(storage_path: str | Path) -> pd.DataFrame:
     """One row per experiment in a storage path (``mixsearch run`` writes
     ``<storage_path>/<name>/``), by name: its ``state`` (finished, running, interrupted; unknown
@@ -112,7 +117,7 @@ def experiments(storage_path: str | Path) -> pd.DataFrame:
     ``best_unseen_accuracy`` and its ``best_trial`` (for an unfinished search, by the trials'
     last reported values), and the ``seconds`` its runs took."""
     rows = []
-    for exp in _experiments_in(_local_folder(storage_path)):
+    for exp in experiment_folders(storage_path):
         row = {"name": exp.name}
         if (exp / SUMMARY).exists():  # it has every figure: no need for the logs, runs.json or config
             try:

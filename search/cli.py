@@ -101,11 +101,13 @@ PREPARE_ADVICE = "nothing half-written is kept: run the same command again"
 def _report(experiment: str, out: str | None, every: float | None) -> int:
     """``mixsearch report``; with ``every`` (seconds), again and again while the search runs."""
     from analysis.report import ReportError, report
-    from analysis.results import experiments, is_storage_path, state
+    from analysis.results import experiment_folders, is_storage_path, state
 
-    def now() -> str:  # a storage path "runs" while any of its experiments does
-        if is_storage_path(experiment):
-            return "running" if (experiments(experiment)["state"] == "running").any() else "finished"
+    listing = every is not None and is_storage_path(experiment)
+
+    def now() -> str:  # a storage path "runs" while any of its experiments does (no trial log read)
+        if listing:
+            return "running" if any(state(e) == "running" for e in experiment_folders(experiment)) else "finished"
         return state(experiment)
 
     try:

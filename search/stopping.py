@@ -206,9 +206,7 @@ def _listen(read_fd: int, signums: frozenset[int], forward_fd: int) -> None:
     wakeup fd at once, and this thread, which needs only the GIL, reads it."""
     while True:
         try:
-            data = os.read(read_fd, 64)
-        except InterruptedError:
-            continue
+            data = os.read(read_fd, 64)  # (retried by Python when a signal interrupts it)
         except OSError:
             break
         if not data:  # the write end closed: the block was left
