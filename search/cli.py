@@ -147,12 +147,29 @@ def _overrides(args: argparse.Namespace) -> dict:
             "search.start_from": args.start_from, "search.time_limit": args.time_limit}
 
 
-def _without_half_built_datasets(previous):
-    """An unraisable-exception hook that drops one known Ray Data error and passes the rest on.
-    ``Dataset.__del__`` reads ``_current_executor``, which ``__init__`` sets last: a Ctrl-C inside
-    ``ray.data.from_items`` (a pool being written) leaves a half-built Dataset, and its collection
-    printed a traceback after the run's "interrupted" line (seen once in a suite run)."""
+def _unraisable_hook(previous):
+    """An unraisable-exception hook (an exception in a ``__del__`` or a weakref callback, which
+    Python prints and drops) for two cases, the rest passed on to ``previous``:
+
+    - A KeyboardInterrupt (Ctrl-C, or the SIGTERM/SIGHUP handler outside Tune) raised while such a
+      callback ran is delivered to the main thread again: dropped, a `mixsearch prepare` so
+      interrupted (inside importlib's module-lock callback) finished its pool and exited 0.
+    - ``Dataset.__del__`` reads ``_current_executor``, which ``__init__`` sets last: a Ctrl-C inside
+      ``ray.data.from_items`` leaves a half-built Dataset, whose collection printed a traceback
+      after the run's "interrupted" line. That error is dropped.
+    """
     def hook(unraisable) -> None:
+        if unraisable.exc_type is KeyboardInterrupt:
+            import _thread
+
+            # As a SIGINT, from another thread, which runs once this one lets go of the GIL, out of
+            # the callback: interrupted from here, the handler would raise inside this hook, dropped
+            # too (and threading.Thread.start would wait here for the thread).
+            try:
+                _thread.start_new_thread(_thread.interrupt_main, ())
+                return
+            except RuntimeError:  # the interpreter is shutting down: nothing left to interrupt
+                pass
         if (isinstance(unraisable.exc_value, AttributeError) and "_current_executor" in str(unraisable.exc_value)
                 and getattr(unraisable.object, "__qualname__", None) == "Dataset.__del__"):
             return
@@ -165,7 +182,7 @@ def _without_half_built_datasets(previous):
 def main(argv: list[str] | None = None) -> int:
     """The ``mixsearch`` command; returns its exit status (2 for bad input)."""
     if not getattr(sys.unraisablehook, "mixsearch", False):  # (main may run many times in one process)
-        sys.unraisablehook = _without_half_built_datasets(sys.unraisablehook)
+        sys.unraisablehook = _unraisable_hook(sys.unraisablehook)
     try:
         return _main(argv)
     except KeyboardInterrupt:  # Ctrl-C in prepare, report or export: they write into place only when done

@@ -454,6 +454,35 @@ def test_a_half_built_ray_dataset_left_by_ctrl_c_is_collected_without_a_tracebac
     assert "ValueError: any other error in a __del__ is still shown" in done.stderr, done.stderr
 
 
+SWALLOWED = """
+import time
+from search.cli import main
+main(["config"])  # (prints the default config)
+
+
+class Landing:
+    def __del__(self):  # as a signal's handler raising while a __del__ or weakref callback runs
+        raise KeyboardInterrupt
+
+
+try:
+    landing = Landing()
+    del landing
+    for _ in range(200):
+        time.sleep(0.01)
+    print("lost")
+except KeyboardInterrupt:
+    print("delivered")
+"""
+
+
+def test_a_ctrl_c_that_lands_in_a_callback_still_interrupts():
+    # A SIGHUP'd `mixsearch prepare` once finished its pool and exited 0: the handler's
+    # KeyboardInterrupt was raised inside importlib's module-lock callback, and Python dropped it.
+    done = subprocess.run([sys.executable, "-c", SWALLOWED], capture_output=True, text=True, timeout=120)
+    assert done.stdout.endswith("delivered\n") and "Exception ignored" not in done.stderr, done.stdout[-200:] + done.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("verb, how", [("run", "ctrl_c"), ("run", "sigterm"), ("prepare", "ctrl_c"), ("prepare", "sigterm"),
                                       ("prepare", "sighup")])
