@@ -47,7 +47,7 @@ class Trained:
     info: dict
 
 
-def _trial_folder(exp: Path, trial: str | None) -> Path:
+def trial_folder(exp: Path, trial: str | None) -> Path:
     """The folder of the named trial (its id, or its folder's name), else of the best one."""
     if trial is None:
         try:
@@ -122,7 +122,7 @@ def load_trained(experiment: str | Path, trial: str | None = None, model: str | 
     from trainables.tokenizer import PROMPT
 
     exp = experiment_folder(experiment)
-    folder = _trial_folder(exp, trial)
+    folder = trial_folder(exp, trial)
     checkpoint = _last_checkpoint(folder)
     config, model_cfg = _model_config(exp, model)
     try:

@@ -67,6 +67,15 @@ def _tie_lines(trials: list[dict]) -> list[str]:
     return [f"warning: {who} scored {value:.3f}, so this one is no better than the others: {why}"]
 
 
+def _where(summary: dict, folder: str | Path | None) -> str:
+    """The experiment's folder or URI as shown: ``folder`` when given, else where the search wrote it."""
+    from search.config import is_uri
+
+    if folder is None:
+        return summary["experiment_path"]
+    return str(folder).rstrip("/") if is_uri(str(folder)) else str(Path(folder))  # Path folds s3:// to s3:/
+
+
 def summary_text(summary: dict, folder: str | Path | None = None) -> str:
     """The finished search in a few lines: the best trial, the Pareto front, the surrogate's
     proposal, where the results are (what ``mixsearch run`` prints at its end): in ``folder``
@@ -79,7 +88,7 @@ def summary_text(summary: dict, folder: str | Path | None = None) -> str:
     if summary.get("out_of_time"):
         from search.config import duration_text
 
-        where = Path(folder) if folder is not None else summary["experiment_path"]
+        where = _where(summary, folder)
         counts = summary.get("counts") or {}
         cut = [f"{n} {'trial' if n == 1 else 'trials'} {what}" for n, what in
                ((counts.get("OUT_OF_TIME", 0), "cut short (out_of_time)"), (counts.get("PENDING", 0), "never started")) if n]
@@ -112,13 +121,16 @@ def summary_text(summary: dict, folder: str | Path | None = None) -> str:
         lines += _config_lines(prop["config"])
     elif sur:
         lines.append(f"surrogate: {sur.get('error')}")
-    lines.append(f"results: {Path(folder) if folder is not None else summary['experiment_path']}/{SUMMARY}")
+    lines.append(f"results: {_where(summary, folder)}/{SUMMARY}")
     return "\n".join(lines)
 
 
-def _unfinished(experiment: str | Path, runs: list[float], driver: dict | None) -> str:
-    """Why there is no summary yet: the driver's record (``run_record``) says whether it still runs."""
+def _unfinished(experiment: str | Path, runs: list[float], driver: dict | None, shown: str | Path | None = None) -> str:
+    """Why there is no summary yet: the driver's record (``run_record``) says whether it still runs.
+    ``shown`` names the experiment in the text (by default ``experiment``, the folder read)."""
     from search.driver import driver_text, live_driver
+
+    local, experiment = experiment, shown if shown is not None else experiment
 
     if live_driver(driver):
         ends = ""
@@ -131,7 +143,7 @@ def _unfinished(experiment: str | Path, runs: list[float], driver: dict | None) 
     if runs:
         # Written by a driver whose terminal closed (SIGHUP): its last lines could be shown nowhere else.
         hangup = ", and what its driver printed after its terminal closed is in driver.log" \
-            if (Path(experiment) / "driver.log").exists() else ""
+            if (Path(local) / "driver.log").exists() else ""
         return f"{experiment}: no {SUMMARY} yet: the search was interrupted (or its driver died); {resume}{hangup}"
     return f"{experiment}: no {SUMMARY} yet (the search is running, or was interrupted: {resume})"
 
@@ -141,13 +153,13 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
-def progress_text(experiment: str | Path, prog: pd.DataFrame, top: int = 5) -> str:
+def progress_text(experiment: str | Path, prog: pd.DataFrame, top: int = 5, shown: str | Path | None = None) -> str:
     """A search without a summary yet (running, or interrupted), from its ``progress()``: trials
     (of those asked) and epochs so far, the time spent, and the best trials by their last
-    reported ``unseen_accuracy``."""
+    reported ``unseen_accuracy``; ``shown`` names it (by default ``experiment``)."""
     runs, driver = run_record(experiment)
     asked, spent = trials_asked(experiment), sum(runs)
-    lines = [_unfinished(experiment, runs, driver),
+    lines = [_unfinished(experiment, runs, driver, shown),
              f"{len(prog)}{f' of {asked}' if asked else ''} trials so far, {int(prog['epochs'].sum())} epochs "
              f"trained{f' in {_duration(spent)}' if spent else ''}; best by their last reported unseen_accuracy:"]
     knobs = plots.searched_knobs(prog)
@@ -178,13 +190,16 @@ def experiments_text(storage_path: str | Path, table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def report(experiment: str | Path, out: str | Path | None = None) -> tuple[str, list[Path]]:
+def report(experiment: str | Path, out: str | Path | None = None,
+           shown: str | None = None) -> tuple[str, list[Path]]:
     """(the text to print, the plots written) for an experiment folder: ``curves.png`` and
     ``knobs.png`` from the trial logs (where there are any) and, for a finished Pareto search,
     ``front.png``, under ``out``, by default ``<experiment>/report/``. For a storage path (a
-    folder of experiments), a line per experiment and no plots."""
+    folder of experiments), a line per experiment and no plots. ``shown`` names the experiment in
+    the text, by default ``experiment`` (the URI of a copy made by ``analysis.remote.fetch``)."""
+    shown = shown if shown is not None else experiment
     if is_storage_path(experiment):
-        return experiments_text(experiment, experiments(experiment)), []
+        return experiments_text(shown, experiments(experiment)), []
     try:
         exp = experiment_folder(experiment)
     except (FileNotFoundError, ValueError) as e:
@@ -193,11 +208,11 @@ def report(experiment: str | Path, out: str | Path | None = None) -> tuple[str, 
     prog = progress(exp)
     if not finished and prog.empty:
         started = len(list(exp.glob("trial_*")))
-        return f"{_unfinished(experiment, *run_record(experiment))}\n{started} trials started, none has reported an epoch yet", []
+        return f"{_unfinished(experiment, *run_record(experiment), shown)}\n{started} trials started, none has reported an epoch yet", []
     try:
         summary = load_summary(exp) if finished else None
         # The folder read, not the summary's experiment_path: a copy synced from a cluster is elsewhere.
-        text = summary_text(summary, experiment) if finished else progress_text(experiment, prog)
+        text = summary_text(summary, shown) if finished else progress_text(experiment, prog, shown=shown)
     except (json.JSONDecodeError, KeyError) as e:
         raise ReportError(f"{exp / SUMMARY}: not a mixsearch summary ({type(e).__name__}: {e})") from None
 

@@ -26,13 +26,14 @@ INTERNAL = {"simplex_u"}
 
 def _local_folder(path: str | Path) -> Path:
     """``path`` as a Path, once it is known to be a local folder. Raises FileNotFoundError for a
-    missing one, ValueError for a URI (a cluster's storage: copy it down first) or an empty path."""
+    missing one, ValueError for a URI (a cluster's storage: ``analysis.remote.fetch`` copies it
+    down) or an empty path."""
     from search.config import is_uri, not_empty
 
     not_empty(str(path))  # "" would read the working directory
     if is_uri(str(path)):  # Path() would fold "s3://b/x" into "s3:/b/x", "no such folder"
-        raise ValueError(f"{path}: a URI; reports, notebooks and export read a local folder: copy the "
-                         "experiment down first (for example `aws s3 sync URI DIR`)")
+        raise ValueError(f"{path}: a URI; notebooks read a local folder: analysis.remote.fetch(URI) makes "
+                         "an up-to-date copy and returns its folder (`mixsearch report` and export fetch it)")
     if not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: no such folder")
     return Path(path)
@@ -52,7 +53,7 @@ def experiment_folder(experiment: str | Path) -> Path:
     ``summary.json`` or Tune's ``tuner.pkl``. Raises FileNotFoundError for a missing folder and
     ValueError for another one (the storage path above experiments, say: they are named), where
     reading the trial logs would quietly find none; ValueError too for a URI (an experiment on a
-    cluster's storage), which must be copied down first, and for an empty path."""
+    cluster's storage), which ``analysis.remote.fetch`` copies down, and for an empty path."""
     exp = _local_folder(experiment)
     if not _is_experiment(exp):
         inside = [p.name for p in _experiments_in(exp)]

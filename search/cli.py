@@ -5,7 +5,8 @@
     mixsearch run [CONFIG]        prepare if needed, search, write summary.json (--dry-run: the plan)
     mixsearch report EXPERIMENT   what a search found (or, while it runs, has found), and plots
                                   (given a storage path: its experiments, a line each; --watch:
-                                  again every 30 s while the search runs)
+                                  again every 30 s while the search runs; at a URI, s3://...:
+                                  from a local copy brought up to date)
     mixsearch export EXPERIMENT OUT   the best trial's model as a transformers model directory
 """
 
@@ -17,8 +18,10 @@ import os
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
-from search.config import DEFAULT_CONFIG, ConfigError, duration_text, load_config, not_empty, parse_duration
+from search.config import (DEFAULT_CONFIG, ConfigError, duration_text, is_uri, load_config, not_empty,
+                           parse_duration)
 
 
 def versions() -> str:
@@ -79,14 +82,15 @@ def _parser() -> argparse.ArgumentParser:
     rep = verbs.add_parser("report", help="summarize an experiment, finished or running, and plot it; "
                                           "or list a storage path's experiments")
     rep.add_argument("experiment", type=_path,
-                     help="the experiment's folder (STORAGE_PATH/NAME), or a STORAGE_PATH to list its experiments")
+                     help="the experiment's folder (STORAGE_PATH/NAME), or a STORAGE_PATH to list its experiments; "
+                          "either may be a URI (s3://...): copied down, into $MIXSEARCH_CACHE or ~/.cache/mixsearch")
     rep.add_argument("--out", type=_path, help="where the plots go (default: EXPERIMENT/report)")
     rep.add_argument("--watch", nargs="?", const="30", metavar="INTERVAL", type=_interval,
                      help="report again every INTERVAL (default 30 s; or 10s, 2m) while the search runs; "
                           "exit 0 once it has finished, 1 if it ended unfinished")
 
     exp = verbs.add_parser("export", help="save a trial's trained model (the best by default) for transformers")
-    exp.add_argument("experiment", type=_path, help="the experiment's folder (STORAGE_PATH/NAME)")
+    exp.add_argument("experiment", type=_path, help="the experiment's folder (STORAGE_PATH/NAME), or its URI")
     exp.add_argument("out", type=_path, help="a new folder: the model, its tokenizer and mixsearch.json")
     exp.add_argument("--trial", help="a trial id (default: the best trial)")
     exp.add_argument("--model", metavar="PATH", type=_path, help="the pretrained model the trials fine-tuned, where it is "
@@ -99,23 +103,40 @@ PREPARE_ADVICE = "nothing half-written is kept: run the same command again"
 
 
 def _report(experiment: str, out: str | None, every: float | None) -> int:
-    """``mixsearch report``; with ``every`` (seconds), again and again while the search runs."""
+    """``mixsearch report``; with ``every`` (seconds), again and again while the search runs. An
+    experiment (or storage path) at a URI is copied down first, and again before each report."""
+    from analysis.remote import fetch
     from analysis.report import ReportError, report
     from analysis.results import experiment_folders, is_storage_path, state
+    remote = is_uri(experiment)
+    local, fetched_at = experiment, None
 
-    listing = every is not None and is_storage_path(experiment)
+    def refresh() -> str | None:  # the local copy brought up to date; a warning if it could not be
+        nonlocal local, fetched_at
+        if not remote:
+            return None
+        try:
+            local, fetched_at = fetch(experiment), time.strftime("%H:%M:%S")
+        except ValueError as e:
+            if fetched_at is None:  # nothing to show
+                raise ReportError(str(e)) from None
+            return f"(could not copy it again: {e}; showing the copy of {fetched_at})"
+        return None
 
     def now() -> str:  # a storage path "runs" while any of its experiments does (no trial log read)
-        if listing:
-            return "running" if any(state(e) == "running" for e in experiment_folders(experiment)) else "finished"
-        return state(experiment)
+        if is_storage_path(local):
+            return "running" if any(state(e) == "running" for e in experiment_folders(local)) else "finished"
+        return state(local)
 
     try:
         while True:
-            # Read before the report, so that the last report shown is of the search as it ended.
-            standing = now() if every is not None else None
             try:
-                text, written = report(experiment, out)
+                stale = refresh()
+                # Read before the report, so that the last report shown is of the search as it ended.
+                standing = now() if every is not None else None
+                if stale and standing != "finished":  # its runs.json is old here, not necessarily there
+                    standing = "running"
+                text, written = report(local, out, shown=experiment)
             except ReportError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
@@ -126,6 +147,8 @@ def _report(experiment: str, out: str | None, every: float | None) -> int:
             print(text)
             if written:
                 print("plots: " + ", ".join(str(p) for p in written))
+            if remote:
+                print(stale or f"(a copy of {experiment} in {local}, made at {fetched_at})")
             if every is None:
                 return 0
             if standing != "running":
@@ -140,6 +163,20 @@ def _report(experiment: str, out: str | None, every: float | None) -> int:
             raise
         print("\nstopped watching; the search goes on", file=sys.stderr)
         return 130
+
+
+def _fetched_for_export(uri: str, trial: str | None) -> Path:
+    """A local copy of the experiment at ``uri`` with the checkpoints of the trial to export."""
+    from analysis.model import trial_folder
+    from analysis.remote import fetch
+    from analysis.results import experiment_folders, is_storage_path
+
+    local = fetch(uri)
+    if is_storage_path(local):  # named by its URI: the copy's folder is not what to pass
+        names = [e.name for e in experiment_folders(local)]
+        raise ValueError(f"{uri}: a storage path; it holds the experiments {', '.join(names)}: pass one, "
+                         f"e.g. {uri.rstrip('/')}/{names[0]}")
+    return fetch(uri, trial=trial_folder(local, trial).name)
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -217,7 +254,8 @@ def _main(argv: list[str] | None) -> int:
         from analysis.model import export
 
         try:
-            info = export(args.experiment, args.out, args.trial, args.model).info
+            experiment = _fetched_for_export(args.experiment, args.trial) if is_uri(args.experiment) else args.experiment
+            info = export(experiment, args.out, args.trial, args.model).info
         except (ValueError, OSError) as e:  # not an experiment, no such trial, OUT taken, a model gone
             print(f"error: {e}", file=sys.stderr)
             return 2

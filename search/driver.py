@@ -495,13 +495,12 @@ def check_not_running(fs: pafs.FileSystem, exp: str, shown: str) -> None:
 
 
 def _report_command(shown: str) -> str:
-    """`mixsearch report SHOWN` to point a user at, or "" for a URI (report reads local folders)."""
-    return "" if is_uri(shown) else f"`mixsearch report {shown}`"
+    """`mixsearch report SHOWN` to point a user at (at a URI too: report copies it down)."""
+    return f"`mixsearch report {shown}`"
 
 
 def _finished_text(shown: str) -> str:
-    report = _report_command(shown)
-    return "finished: nothing to resume" + (f": {report} shows what it found" if report else "")
+    return f"finished: nothing to resume: {_report_command(shown)} shows what it found"
 
 
 def read_summary(fs: pafs.FileSystem, path: str) -> Summary:
@@ -519,12 +518,11 @@ def _existing(fs: pafs.FileSystem, exp: str, shown: str) -> str:
     """What a new run would overwrite, and what to do instead."""
     report = _report_command(shown)
     if _exists(fs, f"{exp}/{SUMMARY}"):
-        return (f"an experiment of this name has finished{f' ({report})' if report else ''}; give another "
-                "--name to search again")
+        return f"an experiment of this name has finished ({report}); give another --name to search again"
     driver = _running_driver(fs, exp)
     if driver:
-        watch = f"{report} shows how far it is, or " if report else ""
-        return f"an experiment of this name is running ({driver_text(driver)}); {watch}give another --name"
+        return (f"an experiment of this name is running ({driver_text(driver)}); {report} shows how far it is, "
+                "or give another --name")
     return "an unfinished experiment of this name exists; pass --resume to finish it, or --name NEW"
 
 

@@ -4,6 +4,7 @@ finished and as a running one looks (trial logs, no summary yet)."""
 import contextlib
 import io
 import json
+import os
 import shutil
 import signal
 import socket
@@ -223,23 +224,45 @@ def test_a_running_search_is_reported_from_its_trial_logs(experiment, tmp_path, 
     assert "5 trials started, none has reported an epoch yet" in out
 
 
-def watching(exp, tmp_path, interval: str):
+def watching(exp, tmp_path, interval: str, at_uri: bool = False):
     """(a copy of the experiment as it runs, its stand-in driver, `mixsearch report COPY --watch
-    INTERVAL` started on it, its output piped)."""
+    INTERVAL` started on it, its output piped); with ``at_uri``, the copy given by its file://
+    URI (as results at s3:// are), copied down under tmp_path/cache."""
     live = tmp_path / "live"
     as_running(exp, live)
     driver = live_process()
     (live / "runs.json").write_text(json.dumps(record_of(driver)))
-    watcher = subprocess.Popen([sys.executable, "-m", "search", "report", str(live), "--watch", interval],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watcher = subprocess.Popen([sys.executable, "-m", "search", "report", live.as_uri() if at_uri else str(live),
+                                "--watch", interval], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "MIXSEARCH_CACHE": str(tmp_path / "cache")})
     return live, driver, watcher
 
 
-@pytest.mark.parametrize("ends", ["finished", "interrupted"])
-def test_watch_reports_again_while_the_search_runs_and_its_status_says_how_it_ended(experiment, tmp_path, capsys, ends):
-    exp, summary, _ = experiment
-    live, driver, watcher = watching(exp, tmp_path, "0.2")
+@contextlib.contextmanager
+def stopped_at_the_end(watcher, driver):
+    """Whatever the test does, neither the watcher nor the stand-in driver outlives it."""
     try:
+        yield
+    finally:
+        watcher.kill()
+        driver.kill()
+        driver.wait()
+
+
+def driver_exits(watcher, driver) -> str:
+    """The stand-in driver exits; what the watcher prints until it stops."""
+    driver.kill()
+    driver.wait()
+    return watcher.communicate(timeout=60)[0]
+
+
+@pytest.mark.parametrize("at_uri", [False, True], ids=["folder", "uri"])
+@pytest.mark.parametrize("ends", ["finished", "interrupted"])
+def test_watch_reports_again_while_the_search_runs_and_its_status_says_how_it_ended(experiment, tmp_path, capsys, ends,
+                                                                                    at_uri):
+    exp, summary, _ = experiment
+    live, driver, watcher = watching(exp, tmp_path, "0.2", at_uri)
+    with stopped_at_the_end(watcher, driver):
         out, waits = "", 0
         while waits < 2:  # two reports of it running, then the search ends, with its summary or without
             line = watcher.stdout.readline()
@@ -249,13 +272,7 @@ def test_watch_reports_again_while_the_search_runs_and_its_status_says_how_it_en
         if ends == "finished":  # written whole (the driver writes it so), then the driver exits
             (live / "summary.tmp").write_text((exp / "summary.json").read_text())
             (live / "summary.tmp").rename(live / "summary.json")
-        driver.kill()
-        driver.wait()
-        out += watcher.communicate(timeout=60)[0]
-    finally:
-        watcher.kill()
-        driver.kill()
-        driver.wait()
+        out += driver_exits(watcher, driver)
     code = watcher.returncode
     assert code == (0 if ends == "finished" else 1), out
     reports = out.split("\n--- ")  # not a terminal: each report under its time
@@ -270,24 +287,52 @@ def test_watch_reports_again_while_the_search_runs_and_its_status_says_how_it_en
         assert f"best trial {summary['best']['trial_id']}: unseen_accuracy" in last
     else:
         assert "no summary.json yet: the search was interrupted (or its driver died)" in last
+    if at_uri:  # each report from a copy brought up to date, named by the URI
+        copy = tmp_path / "cache" / "file" / live.relative_to("/")
+        for report in reports[:2]:
+            assert f"{live.as_uri()}: no summary.json yet: the search is running" in report, report
+        for report in reports:
+            assert f"(a copy of {live.as_uri()} in {copy}, made at " in report, report
+        assert (f"results: {live.as_uri()}/summary.json" if ends == "finished" else f"{live.as_uri()}: no summary") in last
+        assert not list(copy.glob("*/checkpoint_*")) and list(live.glob("*/checkpoint_*"))  # weights stay behind
+        return
     # Finished, it is reported once; the storage path beside it too, nothing in it running.
     for path in (live, tmp_path):
         assert main(["report", str(path), "--watch", "0.2"]) == (0 if ends == "finished" or path == tmp_path else 1)
         assert capsys.readouterr().out.count("--- ") == 1
 
 
+def test_watching_a_uri_goes_on_from_the_last_copy_while_it_cannot_be_reached(experiment, tmp_path):
+    exp, summary, _ = experiment
+    live, driver, watcher = watching(exp, tmp_path, "0.2", at_uri=True)
+    away = tmp_path / "away"
+    with stopped_at_the_end(watcher, driver):
+        out = ""
+        for line in watcher.stdout:  # the first report is out: the store goes away for a while
+            out += line
+            if line.startswith("(again every"):
+                live.rename(away)
+                break
+        for line in watcher.stdout:
+            out += line
+            if line.startswith("(could not copy it again: "):
+                break
+        away.rename(live)
+        shutil.copy(exp / "summary.json", live)
+        out += driver_exits(watcher, driver)
+    assert watcher.returncode == 0, out
+    assert f"(could not copy it again: {live.as_uri()}: no such folder; showing the copy of " in out
+    assert f"best trial {summary['best']['trial_id']}" in out.split("\n--- ")[-1]
+
+
 def test_ctrl_c_stops_watching_and_says_the_search_goes_on(experiment, tmp_path):
     _, driver, watcher = watching(experiment[0], tmp_path, "1")
-    try:
+    with stopped_at_the_end(watcher, driver):
         for line in watcher.stdout:  # the first report is out: it waits for the next
             if line.startswith("(again every 1 s"):
                 break
         watcher.send_signal(signal.SIGINT)
         _, err = watcher.communicate(timeout=30)
-    finally:
-        watcher.kill()
-        driver.kill()
-        driver.wait()
     assert watcher.returncode == 130 and err.rstrip().endswith("\nstopped watching; the search goes on"), err
     assert "Traceback" not in err and "interrupted" not in err, err
 
@@ -301,6 +346,88 @@ def test_watch_takes_an_interval_as_a_duration(capsys):
     with pytest.raises(SystemExit) as e:
         _parser().parse_args(["report", "x", "--watch", "soon"])
     assert e.value.code == 2 and "'soon' is not a duration" in capsys.readouterr().err
+
+
+def test_results_at_a_uri_are_reported_and_exported_from_a_copy_brought_up_to_date(experiment, tmp_path, capsys,
+                                                                                      monkeypatch):
+    # file:// goes through pyarrow's filesystem API as s3:// and gs:// do.
+    from analysis.remote import default_copy, fetch
+
+    monkeypatch.setenv("MIXSEARCH_CACHE", str(tmp_path / "cache"))
+    exp, summary, _ = experiment
+    remote = tmp_path / "bucket" / "results" / "t"
+    epochs, _ = as_running(exp, remote)
+    uri = remote.as_uri()
+    copy = default_copy(uri)
+    assert copy == tmp_path / "cache" / "file" / remote.relative_to("/")
+    driver = live_process()
+    (remote / "runs.json").write_text(json.dumps(record_of(driver)))
+    try:
+        assert main(["report", uri]) == 0
+    finally:
+        driver.kill()
+        driver.wait()
+    out = capsys.readouterr().out
+    assert f"{uri}: no summary.json yet: the search is running (process {driver.pid} " in out
+    assert f"{len(epochs)} of 5 trials so far" in out and f"(a copy of {uri} in {copy}, made at " in out
+    assert sorted(p.name for p in (copy / "report").iterdir()) == ["curves.png", "knobs.png"]
+    assert not list(copy.glob("*/checkpoint_*")) and list(remote.glob("*/checkpoint_*"))  # weights stay behind
+
+    # Again: only what changed there is copied (a growing log), written whole into place.
+    logs = sorted(remote.glob("trial_*/result.json"))
+    before = {p: (copy / p.relative_to(remote)).stat().st_ino for p in logs}
+    with logs[0].open("a") as f:
+        f.write(json.dumps({**json.loads(logs[0].read_text().splitlines()[-1]), "unseen_accuracy": 0.99}) + "\n")
+    assert fetch(uri) == copy
+    assert [(copy / p.relative_to(remote)).read_text() for p in logs] == [p.read_text() for p in logs]
+    assert [(copy / p.relative_to(remote)).stat().st_ino == before[p] for p in logs] == [False] + [True] * (len(logs) - 1)
+    assert not list(copy.rglob(".*.part"))
+
+    # Finished there: the summary, named by its URI; the storage path above it, listed.
+    shutil.copy(exp / "summary.json", remote)
+    assert main(["report", uri]) == 0
+    out = capsys.readouterr().out
+    assert f"best trial {summary['best']['trial_id']}" in out and f"results: {uri}/summary.json\n" in out
+    assert main(["report", remote.parent.as_uri()]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{remote.parent.as_uri()}: 1 experiment ") and lines[1].split()[:2] == ["t", "finished"]
+
+    # Export copies down the checkpoints of the trial it exports, and only those.
+    best = summary["best"]
+    assert main(["export", uri, str(tmp_path / "model")]) == 0
+    assert f"trial {best['trial_id']}, epoch {best['training_iteration']} " in capsys.readouterr().out
+    assert json.loads((tmp_path / "model" / "mixsearch.json").read_text())["trial_id"] == best["trial_id"]
+    assert {p.parent.name for p in copy.glob("*/checkpoint_*")} == {f"trial_{best['trial_id']}"}
+    assert main(["export", remote.parent.as_uri(), str(tmp_path / "model2")]) == 2
+    assert f"a storage path; it holds the experiments t: pass one, e.g. {uri}\n" in capsys.readouterr().err
+
+
+def test_a_uri_that_cannot_be_copied_down_is_one_line_and_a_copy_overwrites_nothing_else(experiment, tmp_path, capsys,
+                                                                                        monkeypatch):
+    from analysis.remote import fetch
+
+    monkeypatch.setenv("MIXSEARCH_CACHE", str(tmp_path / "cache"))
+    exp, _, _ = experiment
+    (tmp_path / "empty").mkdir()
+    for target, words in [("nosuch://bucket/results/t", "nosuch://bucket/results/t: cannot reach it (Unrecognized "),
+                          ((tmp_path / "nope").as_uri(), f"{(tmp_path / 'nope').as_uri()}: no such folder"),
+                          ((tmp_path / "empty").as_uri(),
+                           f"{(tmp_path / 'empty').as_uri()}: neither an experiment nor a storage path of experiments")]:
+        for verb in (["report", target], ["report", target, "--watch", "1"], ["export", target, str(tmp_path / "m")]):
+            assert main(verb) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: {words}") and err.count("\n") == 1, err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "m").exists()
+    # A folder that is not its copy is left as it was.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.json").write_text("mine")
+    with pytest.raises(ValueError, match="exists and is not a copy made by fetch"):
+        fetch(exp.as_uri(), mine)
+    assert [p.name for p in mine.iterdir()] == ["summary.json"] and (mine / "summary.json").read_text() == "mine"
+    fetch(exp.as_uri(), tmp_path / "copy")
+    with pytest.raises(ValueError, match=f"a copy of {exp.as_uri()}, not of {exp.parent.as_uri()}"):
+        fetch(exp.parent.as_uri(), tmp_path / "copy")
 
 
 def test_a_summary_without_its_trial_folders_is_still_reported(experiment, tmp_path, capsys):
@@ -322,15 +449,12 @@ def test_what_is_not_an_experiment_is_one_line(experiment, tmp_path, capsys):
     (broken / "summary.json").write_text("{")
     (tmp_path / "empty").mkdir()
     for target, words in [(tmp_path / "nope", "no such folder"), (tmp_path / "empty", "not an experiment"),
-                          ("s3://bucket/results/t", "a URI; reports, notebooks and export read a local folder"),
                           (broken, f"{broken / 'summary.json'}: not a mixsearch summary")]:
         assert main(["report", str(target)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and words in err and "Traceback" not in err
-    # The same for export and the notebook's readers, where Path() made "s3:/bucket/..." no such folder.
-    assert main(["export", "s3://bucket/results/t", str(tmp_path / "m")]) == 2
-    assert "s3://bucket/results/t: a URI; " in capsys.readouterr().err
-    with pytest.raises(ValueError, match="s3://bucket/results/t: a URI; .* copy the experiment down first"):
+    # The notebook's readers, where Path() made "s3:/bucket/..." no such folder, say how to read one.
+    with pytest.raises(ValueError, match=r"s3://bucket/results/t: a URI; .* analysis.remote.fetch\(URI\) makes"):
         progress("s3://bucket/results/t")
     (tmp_path / "afile").write_text("")
     assert main(["report", str(exp), "--out", str(tmp_path / "afile" / "plots")]) == 2

@@ -687,7 +687,9 @@ def test_results_at_a_uri_with_the_study_in_a_database(tmp_path, capsys):
     summary = load(tmp_path / "remote" / "t" / "summary.json")
     assert summary["num_trials"] == 2 and summary["experiment_path"] == f"{uri}/t"
     assert len(optuna.load_study(study_name="t", storage=db).trials) == 2
-    assert main(["run", str(path)]) == 2  # exists: refused at the URI too
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 2  # exists: refused at the URI too, with how to report it
+    assert f"has finished (`mixsearch report {uri}/t`); give another --name" in capsys.readouterr().err
     assert main(["run", str(path), "--resume"]) == 0  # finished: resuming changes nothing
     assert load(tmp_path / "remote" / "t" / "summary.json")["num_trials"] == 2
 
