@@ -108,6 +108,7 @@ def _report(experiment: str, out: str | None, every: float | None) -> int:
     from analysis.remote import fetch
     from analysis.report import ReportError, report
     from analysis.results import experiment_folders, is_storage_path, state
+
     remote = is_uri(experiment)
     local, fetched_at = experiment, None
 
