@@ -221,17 +221,32 @@ def main(argv: list[str] | None = None) -> int:
     """The ``mixsearch`` command; returns its exit status (2 for bad input)."""
     if not getattr(sys.unraisablehook, "mixsearch", False):  # (main may run many times in one process)
         sys.unraisablehook = _unraisable_hook(sys.unraisablehook)
+    stopping = sys.modules.get("search.stopping")  # loaded only by verbs that start Ray
+    if stopping:
+        stopping.forget_interrupt()
     try:
         return _main(argv)
     except KeyboardInterrupt:  # Ctrl-C in prepare, report or export: they write into place only when done
-        print("\ninterrupted", file=sys.stderr)
-        stopping = sys.modules.get("search.stopping")  # loaded only by verbs that start Ray
-        return stopping.exit_status() if stopping else 130  # the shell's code for SIGINT (Ctrl-C)
+        return _interrupted()
     except BrokenPipeError:
         # The reader went away (`mixsearch report ... | head`): not an error worth a traceback.
         # Point stdout at devnull so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception:
+        stopping = sys.modules.get("search.stopping")
+        if stopping and stopping.interrupted():  # a library's error for the KeyboardInterrupt it caught
+            return _interrupted()
+        raise
+
+
+def _interrupted() -> int:
+    """Say that a verb was interrupted; the shell's status for how."""
+    print("\ninterrupted", file=sys.stderr)
+    stopping = sys.modules.get("search.stopping")
+    if stopping:
+        stopping.release_leaked_import_lock()  # Ray's threads still import while it shuts down
+    return stopping.exit_status() if stopping else 130  # the shell's code for SIGINT (Ctrl-C)
 
 
 def configure_logging() -> None:
@@ -309,10 +324,14 @@ def _main(argv: list[str] | None) -> int:
 
         try:
             summary = run_search(cfg, resume=args.resume, source=args.config or str(DEFAULT_CONFIG))
-        except (Interrupted, KeyboardInterrupt) as e:  # a second Ctrl-C skips Tune's last save
+        except (KeyboardInterrupt, Exception) as e:  # a second Ctrl-C skips Tune's last save
             from search import stopping
 
-            print(f"\n{str(e) or f'interrupted: {stopping.RESUME_ADVICE}'}", file=sys.stderr)
+            if not isinstance(e, (Interrupted, KeyboardInterrupt)) and not stopping.interrupted():
+                raise
+            stopping.release_leaked_import_lock()  # Ray's threads still import while it shuts down
+            said = str(e) if isinstance(e, Interrupted) else ""  # (not a library's error: see interrupted())
+            print(f"\n{said or f'interrupted: {stopping.RESUME_ADVICE}'}", file=sys.stderr)
             return stopping.exit_status()  # the shell's: 130 after Ctrl-C, 143 SIGTERM, 129 SIGHUP
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -830,6 +830,8 @@ def run_search(cfg: Config, *, resume: bool = False, source: str = "config") -> 
             started_as = cfg
             cfg, _ = check_against_pool(cfg, pool, source)
         finally:  # also on an error: exiting mid-import (torch) would add a traceback to its one line
+            if stopping.release_leaked_import_lock():  # else the import waits for it, and the join for ever
+                log.debug("released the import lock an interrupt left held")
             importer.join()
         from trainables.train import trainable  # re-raises here if the import failed in the thread
 

@@ -232,12 +232,43 @@ def _on_signal(signum: int, frame: Any) -> None:
     handler(signal.SIGINT, frame)
 
 
+_interrupted = False  # a Ctrl-C (or a signal taken as one) reached signals_as_ctrl_c's block
+
+
+def interrupted() -> bool:
+    """Whether a Ctrl-C, or a SIGTERM or SIGHUP taken as one, reached the last ``signals_as_ctrl_c``
+    block. An error raised after it is taken for the interrupt: a library may catch the
+    KeyboardInterrupt and raise its own (pydantic-core's SchemaError, "KeyboardInterrupt:" inside,
+    when Ctrl-C landed while Ray Data imported its models in a run's first pipeline)."""
+    return _interrupted
+
+
+def forget_interrupt() -> None:
+    """Start afresh (``mixsearch`` runs many verbs in one process in tests and notebooks)."""
+    global _interrupted
+    _interrupted = False
+
+
+def _noting(previous: Any):
+    """A SIGINT handler that records the interrupt (``interrupted``), then does as ``previous`` did."""
+    def on_sigint(signum: int, frame: Any) -> None:
+        global _interrupted
+        _interrupted = True
+        if callable(previous):
+            previous(signum, frame)
+        else:  # SIG_DFL: none set by Python
+            raise KeyboardInterrupt
+
+    return on_sigint
+
+
 @contextmanager
 def signals_as_ctrl_c(what: str = "the search", advice: str = RESUME_ADVICE,
                       log_path: str = os.devnull) -> Iterator[None]:
     """Within this block a SIGTERM or a SIGHUP ends the run as Ctrl-C would, saying that it ends
     ``what`` and to ``advice`` as soon as it arrives, even while the main thread waits in C code;
-    after a SIGHUP, output that went to the terminal goes to ``log_path``. A SIGHUP ignored on
+    after a SIGHUP, output that went to the terminal goes to ``log_path``. Any of them, Ctrl-C
+    included, is recorded (``interrupted``). A SIGHUP ignored on
     entry (``nohup``) stays ignored. Enter it after ``ray.init``, which sets its own SIGTERM
     handler; the handlers (and the signal wakeup fd) before are put back on leaving."""
     global _ending
@@ -253,6 +284,9 @@ def signals_as_ctrl_c(what: str = "the search", advice: str = RESUME_ADVICE,
                                 name="mixsearch-signals")
     listener.start()
     before = {signum: signal.signal(signum, _on_signal) for signum in signums}
+    forget_interrupt()
+    if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:  # (ignored: a background job; it stays so)
+        before[signal.SIGINT] = signal.signal(signal.SIGINT, _noting(signal.getsignal(signal.SIGINT)))
     try:
         yield
     finally:
@@ -261,6 +295,26 @@ def signals_as_ctrl_c(what: str = "the search", advice: str = RESUME_ADVICE,
         signal.set_wakeup_fd(forward_fd)
         os.close(write_fd)  # the listener reads the end and closes its side
         listener.join(timeout=5)
+
+
+def release_leaked_import_lock() -> int:
+    """Release Python's global import lock where this thread holds it, once an interrupt has
+    unwound; call it outside any import. A KeyboardInterrupt raised just after importlib takes that
+    lock (``_imp.acquire_lock()`` in ``_get_module_lock`` or in its weakref callback, before the
+    ``try`` whose ``finally`` releases it) leaves it held by the main thread, and any other
+    thread's next import then waits for ever: a run stopped by Ctrl-C while preparing its pool
+    hung joining the thread that imports the trainable. Outside an import nothing holds it for
+    long (imports take per-module locks), so what this thread holds here is such a leak. Returns
+    the levels released."""
+    import _imp
+
+    released = 0
+    while True:
+        try:
+            _imp.release_lock()
+        except RuntimeError:  # not held by this thread
+            return released
+        released += 1
 
 
 @contextmanager

@@ -483,6 +483,92 @@ def test_a_ctrl_c_that_lands_in_a_callback_still_interrupts():
     assert done.stdout.endswith("delivered\n") and "Exception ignored" not in done.stderr, done.stdout[-200:] + done.stderr
 
 
+LEAKED = """
+import _imp
+import importlib
+import sys
+import threading
+
+import search.pool
+from search.cli import main
+
+interrupted = threading.Event()
+import_module = importlib.import_module
+
+
+def waits_for_the_interrupt(name, package=None):  # the driver's background import of the trainable
+    if name == "trainables.train":
+        interrupted.wait(60)
+    return import_module(name, package)
+
+
+def interrupted_prepare(cfg, **kwargs):
+    # A Ctrl-C landing just after importlib took its global lock, before the try whose finally
+    # releases it (in _get_module_lock or its weakref callback).
+    _imp.acquire_lock()
+    interrupted.set()
+    raise KeyboardInterrupt
+
+
+importlib.import_module = waits_for_the_interrupt
+search.pool.prepare = interrupted_prepare
+sys.exit(main(["run", sys.argv[1]]))
+"""
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_that_leaves_the_import_lock_held_still_ends_the_run(tmp_path):
+    # Stopped by Ctrl-C while preparing its pool, a run once hung (the suite's driver never exited):
+    # the interrupt had left Python's import lock held by the main thread, which then waited for
+    # the thread importing the trainable, itself waiting for that lock.
+    path = write_config(tmp_path)
+    done = subprocess.run([sys.executable, "-c", LEAKED, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert done.stderr.rstrip().endswith("interrupted: run the same command with --resume to finish it"), done.stderr[-3000:]
+
+
+CONVERTED = """
+import os
+import signal
+import sys
+import time
+
+import search.pool
+from search.cli import main
+
+
+def prepare(cfg, **kwargs):
+    try:
+        if sys.argv[3] == "ctrl_c":
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(10)
+        raise KeyboardInterrupt  # (nothing else to catch without a Ctrl-C)
+    except KeyboardInterrupt:  # as pydantic-core does (its SchemaError) when Ctrl-C lands in a model's build
+        raise RuntimeError("Error building validator: KeyboardInterrupt: ") from None
+
+
+search.pool.prepare = prepare
+sys.exit(main([sys.argv[1], sys.argv[2]]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl_c", "none"])
+@pytest.mark.parametrize("verb", ["run", "prepare"])
+def test_a_library_error_raised_for_a_ctrl_c_is_taken_as_the_ctrl_c(tmp_path, verb, how):
+    # Ctrl-C while Ray Data imported its models (a run's first pipeline) became pydantic-core's
+    # SchemaError: the run exited 1 with its traceback. The same error without a Ctrl-C is a bug, shown.
+    path = write_config(tmp_path)
+    done = subprocess.run([sys.executable, "-c", CONVERTED, verb, str(path), how], capture_output=True, text=True,
+                          timeout=120)
+    if how == "none":
+        assert done.returncode == 1 and "RuntimeError: Error building validator" in done.stderr, done.stderr[-3000:]
+        return
+    said = "interrupted: run the same command with --resume to finish it" if verb == "run" else "interrupted"
+    assert done.returncode == 130 and done.stderr.rstrip().endswith(said), done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "Error building" not in done.stderr, done.stderr[-3000:]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("verb, how", [("run", "ctrl_c"), ("run", "sigterm"), ("prepare", "ctrl_c"), ("prepare", "sigterm"),
                                       ("prepare", "sighup")])
