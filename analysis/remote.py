@@ -137,8 +137,8 @@ def fetch(uri: str, dest: str | Path | None = None, trial: str | None = None) ->
 
     ``dest`` is the folder to copy into: by default ``default_copy(uri)``, under ``cache_dir()``;
     else a new or empty folder, or an earlier copy of the same URI. A copy is brought up to date
-    by copying only the files that are new or changed there (files gone from the URI stay). Checkpoints are
-    left out, except those of ``trial`` (a trial folder's name, ``trial_...``).
+    by copying only the files that are new or changed there (files gone from the URI stay).
+    Checkpoints are left out, except those of ``trial`` (a trial folder's name, ``trial_...``).
 
     Raises ValueError for a URI that cannot be reached or is not an experiment or a storage path
     of experiments (or does not exist), or for a ``dest`` that holds something else."""
