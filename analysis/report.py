@@ -130,22 +130,21 @@ def _unfinished(experiment: str | Path, runs: list[float], driver: dict | None, 
     ``shown`` names the experiment in the text (by default ``experiment``, the folder read)."""
     from search.driver import driver_text, live_driver
 
-    local, experiment = experiment, shown if shown is not None else experiment
-
+    name = shown if shown is not None else experiment
     if live_driver(driver):
         ends = ""
         if driver.get("deadline") is not None:
             from search.config import duration_text
 
             ends = f"; its time limit ends it in {duration_text(max(0.0, driver['deadline'] - time.time()))}"
-        return f"{experiment}: no {SUMMARY} yet: the search is running ({driver_text(driver)}){ends}"
+        return f"{name}: no {SUMMARY} yet: the search is running ({driver_text(driver)}){ends}"
     resume = "`mixsearch run CONFIG --resume` finishes it"
     if runs:
         # Written by a driver whose terminal closed (SIGHUP): its last lines could be shown nowhere else.
         hangup = ", and what its driver printed after its terminal closed is in driver.log" \
-            if (Path(local) / "driver.log").exists() else ""
-        return f"{experiment}: no {SUMMARY} yet: the search was interrupted (or its driver died); {resume}{hangup}"
-    return f"{experiment}: no {SUMMARY} yet (the search is running, or was interrupted: {resume})"
+            if (Path(experiment) / "driver.log").exists() else ""
+        return f"{name}: no {SUMMARY} yet: the search was interrupted (or its driver died); {resume}{hangup}"
+    return f"{name}: no {SUMMARY} yet (the search is running, or was interrupted: {resume})"
 
 
 def _duration(seconds: float) -> str:

@@ -240,13 +240,14 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
-def _interrupted() -> int:
-    """Say that a verb was interrupted; the shell's status for how."""
-    print("\ninterrupted", file=sys.stderr)
-    stopping = sys.modules.get("search.stopping")
+def _interrupted(said: str = "interrupted") -> int:
+    """Say that a verb was interrupted; the shell's status for how: 130 after Ctrl-C (SIGINT), 143
+    after SIGTERM, 129 after SIGHUP."""
+    print(f"\n{said}", file=sys.stderr)
+    stopping = sys.modules.get("search.stopping")  # loaded only by verbs that start Ray
     if stopping:
         stopping.release_leaked_import_lock()  # Ray's threads still import while it shuts down
-    return stopping.exit_status() if stopping else 130  # the shell's code for SIGINT (Ctrl-C)
+    return stopping.exit_status() if stopping else 130
 
 
 def configure_logging() -> None:
@@ -329,10 +330,8 @@ def _main(argv: list[str] | None) -> int:
 
             if not isinstance(e, (Interrupted, KeyboardInterrupt)) and not stopping.interrupted():
                 raise
-            stopping.release_leaked_import_lock()  # Ray's threads still import while it shuts down
             said = str(e) if isinstance(e, Interrupted) else ""  # (not a library's error: see interrupted())
-            print(f"\n{said or f'interrupted: {stopping.RESUME_ADVICE}'}", file=sys.stderr)
-            return stopping.exit_status()  # the shell's: 130 after Ctrl-C, 143 SIGTERM, 129 SIGHUP
+            return _interrupted(said or f"interrupted: {stopping.RESUME_ADVICE}")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
